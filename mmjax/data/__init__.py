@@ -1,0 +1,1 @@
+"""Data: codec, embedded synthetic task, sources and the grain pipeline."""

@@ -1,0 +1,1 @@
+"""Flax linen models: per-modality encoders, fusion cores and heads."""
