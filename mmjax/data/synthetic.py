@@ -1,0 +1,270 @@
+"""The embedded default task: a 10-class problem that needs image, audio AND text.
+
+Every example hides three latent values:
+  A in 0..9  the digit drawn in the image: one of the 5x7 glyphs below, at a random
+             position of an image_size x image_size RGB image, in a random foreground and
+             background colour (one dark, one light), with pixel noise;
+  B in 0..9  the note in the audio: a sine tone at one of 10 pitches evenly spaced on the
+             mel scale from 300 to 3000 Hz (>= 2 mel bins apart at n_mels=32, 8 kHz), with
+             random onset, duration, amplitude and phase plus a little noise, in a waveform
+             of random length between half and all of audio_samples;
+  S          which of the two the question asks for: the text is a short English question
+             ("what digit is drawn?" / "which note do you hear?", several templates each)
+             with random filler words, always shorter than 32 UTF-8 bytes.
+The label is A if S asks about the image, else B. Each modality alone, and every pair,
+leaves the label ambiguous: the Bayes-optimal accuracy from any two is 0.55 (from A and B:
+right when A == B, else a coin flip; from A and S: right when S asks about the image, else
+a 1-in-10 guess); all three determine it. Chance is 0.10. Labels are uniform over 10 classes.
+
+`generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
+eval split once into the cache directory and reuses them afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from mmjax.data import codec, sources
+
+VERSION = 1  # bump when the generated data change, so caches are rebuilt
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE, AUDIO = 0, 1  # values of the selector S
+
+# Digit glyphs, 5 wide and 7 high; '#' is ink.
+_GLYPH_ART = """
+.###. ..#.. .###. ####. ...#. ##### ..##. ##### .###. .###.
+#...# .##.. #...# ....# ..##. #.... .#... ....# #...# #...#
+#..## #.#.. ....# ....# .#.#. ####. #.... ...#. #...# #...#
+#.#.# ..#.. ..##. .###. #..#. ....# ####. ..#.. .###. .####
+##..# ..#.. .#... ....# ##### ....# #...# ..#.. #...# ....#
+#...# ..#.. #.... ....# ...#. #...# #...# .#... #...# ...#.
+.###. ##### ##### ####. ...#. .###. .###. .#... .###. .##..
+"""
+
+
+def _parse_glyphs(art: str) -> np.ndarray:
+    """String art -> bool array [10, 7, 5]."""
+    rows = [line.split() for line in art.strip().splitlines()]
+    return np.array([[[c == "#" for c in row[d]] for row in rows] for d in range(NUM_CLASSES)])
+
+
+GLYPHS = _parse_glyphs(_GLYPH_ART)
+
+# Question templates; the selector is what they ask about, the filler words are nuisance.
+IMAGE_QUESTIONS = ("what digit is drawn?", "which digit is shown?", "read the digit",
+                   "what's in the picture?", "name the digit", "what number is drawn?")
+AUDIO_QUESTIONS = ("which note do you hear?", "what pitch is played?", "name the tone",
+                   "which sound is it?", "what note is playing?", "listen: which pitch?")
+PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
+SUFFIXES = ("", "", " pls", " now", " :)", " ok")
+MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS)
+                  + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
+
+_PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
+_FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+
+def pitch_frequencies(audio_rate: int) -> np.ndarray:
+    """The 10 tone frequencies (Hz): evenly spaced in mel from 300 to 3000 Hz.
+
+    At sample rates below 8 kHz the top moves down to 0.375 * rate to stay below Nyquist.
+    """
+    top = min(3000.0, 0.375 * audio_rate)
+    return _mel_to_hz(np.linspace(_hz_to_mel(top / 10.0), _hz_to_mel(top), NUM_CLASSES))
+
+
+def _draw_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, size, size, 3]: glyph `digits[i]` at a random place, random colours, noise."""
+    n = len(digits)
+    scale = max(1, size // 16)  # bigger images get proportionally bigger glyphs
+    glyphs = GLYPHS.repeat(scale, axis=1).repeat(scale, axis=2)
+    gh, gw = glyphs.shape[1:]
+    if gh > size:
+        raise ValueError(f"image_size={size} is too small for the {gh}-pixel glyphs; use >= {gh}")
+    y = rng.integers(0, size - gh + 1, n)
+    x = rng.integers(0, size - gw + 1, n)
+    mask = np.zeros((n, size, size), bool)
+    rows = y[:, None, None] + np.arange(gh)[None, :, None]
+    cols = x[:, None, None] + np.arange(gw)[None, None, :]
+    mask[np.arange(n)[:, None, None], rows, cols] = glyphs[digits]
+    # One colour dark, one light, chosen per channel: >= 75 levels apart in every channel.
+    dark = rng.integers(0, 91, (n, 3))
+    light = rng.integers(165, 256, (n, 3))
+    light_ink = (rng.random(n) < 0.5)[:, None]
+    fg = np.where(light_ink, light, dark)[:, None, None, :]
+    bg = np.where(light_ink, dark, light)[:, None, None, :]
+    img = np.where(mask[..., None], fg, bg).astype(np.float32)
+    img += rng.normal(0.0, _PIXEL_NOISE, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _make_audio(rng: np.random.Generator, notes: np.ndarray, rate: int, max_samples: int):
+    """float32 [n, max_samples] waveforms (valid up to lengths[i]) and int lengths [n]."""
+    n = len(notes)
+    freqs = pitch_frequencies(rate)[notes]
+    lengths = rng.integers(max_samples // 2, max_samples + 1, n)
+    durations = np.maximum(1, (lengths * rng.uniform(0.3, 0.8, n)).astype(np.int64))
+    onsets = (rng.random(n) * (lengths - durations + 1)).astype(np.int64)
+    amps = rng.uniform(0.2, 0.8, n)
+    phases = rng.uniform(0.0, 2 * np.pi, n)
+    noise = rng.uniform(0.005, 0.03, n)
+    out = np.empty((n, max_samples), np.float32)
+    t = np.arange(max_samples)
+    for lo in range(0, n, 1024):  # chunks keep the float64 temporaries small
+        sl = slice(lo, min(n, lo + 1024))
+        tt = t[None, :] - onsets[sl, None]  # time since onset, in samples
+        env = np.clip(np.minimum(tt, durations[sl, None] - tt) / _FADE, 0.0, 1.0)
+        phase = 2 * np.pi * freqs[sl, None] * tt / rate + phases[sl, None]
+        wave = amps[sl, None] * env * np.sin(phase)
+        wave += noise[sl, None] * rng.standard_normal(wave.shape)
+        out[sl] = np.clip(wave, -1.0, 1.0)
+    return out, lengths
+
+
+def _make_texts(rng: np.random.Generator, selectors: np.ndarray) -> list[str]:
+    """One question per example asking about the image (S=0) or the audio (S=1)."""
+    n = len(selectors)
+    q = rng.integers(0, len(IMAGE_QUESTIONS), n)
+    pre = rng.integers(0, len(PREFIXES), n)
+    suf = rng.integers(0, len(SUFFIXES), n)
+    cap = rng.random(n) < 0.3
+    texts = []
+    for i in range(n):
+        questions = IMAGE_QUESTIONS if selectors[i] == IMAGE else AUDIO_QUESTIONS
+        text = PREFIXES[pre[i]] + questions[q[i]] + SUFFIXES[suf[i]]
+        texts.append(text[:1].upper() + text[1:] if cap[i] else text)
+    return texts
+
+
+def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: int = 8000,
+             audio_samples: int = 2048) -> tuple[list[dict], np.ndarray]:
+    """Generates examples of the task; deterministic in all arguments.
+
+    Returns (examples, latents): examples are stored-example dicts ('image' uint8 [H,W,3],
+    'audio' float32 [n] with n in [audio_samples//2, audio_samples], 'text' str, 'label'
+    int); latents is int64 [num_examples, 3] of (A, B, S) with S 0=image, 1=audio.
+    """
+    if num_examples < 0:
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    if audio_samples < 2 * _FADE:
+        raise ValueError(f"audio_samples={audio_samples} is too short; use >= {2 * _FADE}")
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, NUM_CLASSES, num_examples)
+    b = rng.integers(0, NUM_CLASSES, num_examples)
+    s = rng.integers(0, 2, num_examples)
+    labels = np.where(s == IMAGE, a, b)
+    images = _draw_images(rng, a, image_size)
+    audio, lengths = _make_audio(rng, b, audio_rate, audio_samples)
+    texts = _make_texts(rng, s)
+    examples = [
+        {"image": images[i], "audio": audio[i, : lengths[i]].copy(), "text": texts[i],
+         "label": int(labels[i])}
+        for i in range(num_examples)
+    ]
+    return examples, np.stack([a, b, s], axis=1)
+
+
+def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
+              num_examples: int = 0) -> dict:
+    """The spec.json of a synthetic split (contract format)."""
+    return {
+        "format": sources.FORMAT,
+        "num_examples": num_examples,
+        "num_classes": NUM_CLASSES,
+        "class_names": list(CLASS_NAMES),
+        "modalities": {
+            "image": {"height": image_size, "width": image_size, "channels": 3},
+            "audio": {"sample_rate": audio_rate, "max_samples": audio_samples},
+            "text": {"max_bytes": MAX_TEXT_BYTES},
+        },
+    }
+
+
+def default_cache_dir(cache_dir: str = "") -> str:
+    """cache_dir, or $MMJAX_CACHE, or ~/.cache/mmjax."""
+    return cache_dir or os.environ.get("MMJAX_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mmjax")
+
+
+def _params(config_data) -> dict:
+    """Everything the generated files depend on (hashed into the cache folder name)."""
+    syn = config_data.synthetic
+    return {
+        "version": VERSION,
+        "image_size": int(config_data.image_size),
+        "audio_rate": int(config_data.audio_rate),
+        "audio_samples": int(config_data.audio_samples),
+        "num_train": int(syn.num_train),
+        "num_eval": int(syn.num_eval),
+        "seed": int(syn.get("seed", 0)),
+    }
+
+
+def _split_seed(base: int, split: str) -> int:
+    """Unrelated generator seeds for the splits, so train and eval never share examples."""
+    digest = hashlib.sha256(f"mmjax-synthetic:{base}:{split}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _num_shards(num_examples: int) -> int:
+    return int(np.clip(-(-num_examples // 5000), 1, 8))
+
+
+def _is_complete(directory: str, splits) -> bool:
+    return all(os.path.isfile(os.path.join(directory, s, sources.SPEC_FILE)) for s in splits)
+
+
+def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
+    """Returns {'train': dir, 'eval': dir} of the synthetic splits, generating them once.
+
+    The folder is cache_dir/synthetic-<hash of the generation parameters>. It is built in a
+    temporary folder next to it and renamed into place, so a crash leaves no half-written
+    data set, and if another process finishes first its copy is kept.
+    """
+    params = _params(config_data)
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    root = default_cache_dir(cache_dir)
+    target = os.path.join(root, f"synthetic-{digest}")
+    splits = {"train": params["num_train"], "eval": params["num_eval"]}
+    paths = {split: os.path.join(target, split) for split in splits}
+    if _is_complete(target, splits):
+        return paths
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".synthetic-{digest}-tmp-", dir=root)
+    try:
+        for split, count in splits.items():
+            examples, _ = generate(count, _split_seed(params["seed"], split),
+                                   image_size=params["image_size"],
+                                   audio_rate=params["audio_rate"],
+                                   audio_samples=params["audio_samples"])
+            spec = make_spec(image_size=params["image_size"], audio_rate=params["audio_rate"],
+                             audio_samples=params["audio_samples"])
+            records = [codec.encode(e) for e in examples]
+            del examples
+            sources.write_dataset(os.path.join(tmp, split), records, spec, _num_shards(count))
+        with open(os.path.join(tmp, "params.json"), "w") as f:
+            json.dump(params, f, indent=2)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _is_complete(target, splits):  # not a lost race: something else is there
+                raise ValueError(
+                    f"{target} exists but is incomplete; delete it and run again") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths

@@ -1,0 +1,329 @@
+"""Transformer building blocks whose parameters and activations carry logical axis names.
+
+Parameter names used here: 'embed', 'mlp', 'heads', 'kv', 'length' (plus 'layers',
+added by nn.scan). Activation names: 'act_batch', 'act_length', 'act_embed',
+'act_heads', 'act_kv', 'act_mlp'. sharding.py maps both to mesh axes, so changing the
+parallelism never touches this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Axes = tuple[str | None, ...]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Per-block rematerialisation: None = no remat; otherwise the jax.checkpoint policy
+# (a policy of None under nn.remat saves nothing and recomputes the whole block).
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+BLC = ("act_batch", "act_length", "act_embed")  # the activation between blocks
+
+
+def compute_dtype(name: str) -> Any:
+    """Maps config.model.dtype to a jnp dtype, with a clear error for anything else."""
+    if name not in DTYPES:
+        raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def constrain(x: Array, names: Axes) -> Array:
+    """Sharding hint for an activation (a no-op outside nn.logical_axis_rules)."""
+    return nn.with_logical_constraint(x, names)
+
+
+def boxed(init: Any, names: Axes) -> Any:
+    """An initializer whose parameter carries logical axis names."""
+    return nn.with_logical_partitioning(init, names)
+
+
+class DenseGeneral(nn.Module):
+    """Dense layer contracting the last `n_in` input dims, with float32 params whose
+    logical names are `kernel_axes` (input dims, then output dims); the bias is named
+    by the output dims.
+
+    Written here rather than using nn.DenseGeneral: that one initialises a flat kernel
+    and reshapes it after boxing, which applies the 3-name sharding constraint to a 2D
+    array and fails under a mesh.
+    """
+
+    features: tuple[int, ...]
+    kernel_axes: Axes
+    n_in: int = 1
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        n_in, n_out = self.n_in, len(self.features)
+        if len(self.kernel_axes) != n_in + n_out:
+            raise ValueError(f"kernel_axes {self.kernel_axes} need {n_in + n_out} names")
+        in_shape = x.shape[x.ndim - n_in :]
+        init = nn.initializers.lecun_normal(
+            in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out))
+        )
+        kernel = self.param(
+            "kernel", boxed(init, self.kernel_axes), in_shape + tuple(self.features), jnp.float32
+        )
+        contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                boxed(nn.initializers.zeros_init(), self.kernel_axes[n_in:]),
+                tuple(self.features),
+                jnp.float32,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def dense(
+    features: int | Sequence[int],
+    kernel_axes: Axes,
+    *,
+    dtype: Any,
+    n_in: int = 1,
+    use_bias: bool = True,
+    name: str | None = None,
+) -> DenseGeneral:
+    """A DenseGeneral layer; `features` may be one int or a tuple of output dims."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return DenseGeneral(features, tuple(kernel_axes), n_in, use_bias, dtype, name=name)
+
+
+def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+    """LayerNorm over 'embed' (Flax computes its statistics in at least float32)."""
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=boxed(nn.initializers.ones_init(), ("embed",)),
+        bias_init=boxed(nn.initializers.zeros_init(), ("embed",)),
+        name=name,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+    """Hyper-parameters of a transformer stack (hashable, so modules can hold it)."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    dropout: float = 0.0
+    dtype: str = "float32"
+    remat: str = "none"
+    scan: bool = False
+
+    @classmethod
+    def from_config(cls, sub: Any, model: Any, where: str) -> "TransformerSpec":
+        """Reads width/depth/heads/mlp from `sub` (e.g. config.model.image) and
+        dropout/dtype/remat/scan from `model` (config.model); `where` names `sub` in
+        error messages."""
+        spec = cls(
+            width=int(sub.width),
+            depth=int(sub.depth),
+            heads=int(sub.heads),
+            mlp=int(sub.mlp),
+            dropout=float(model.dropout),
+            dtype=str(model.dtype),
+            remat=str(model.remat),
+            scan=bool(model.scan),
+        )
+        if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
+            raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
+        if spec.width % spec.heads:
+            raise ValueError(
+                f"{where}.width={spec.width} must be divisible by {where}.heads={spec.heads}"
+            )
+        if not 0.0 <= spec.dropout < 1.0:
+            raise ValueError(f"config.model.dropout={spec.dropout} must be in [0, 1)")
+        if spec.remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"config.model.remat={spec.remat!r} is not one of {list(REMAT_POLICIES)}"
+            )
+        compute_dtype(spec.dtype)
+        return spec
+
+
+def attention_mask(key_mask: Array, query_mask: Array | None = None) -> Array:
+    """Boolean mask [B, 1, T, S] (True = attend) from padding masks [B, S] / [B, T].
+
+    A row with no valid key (all-padding input, or a padded query) would be a softmax
+    over nothing; fused kernels can return NaN there. Such rows attend to every key
+    instead: finite values at positions that are padding anyway.
+    """
+    key_mask = key_mask.astype(bool)
+    if query_mask is None:
+        mask = key_mask[:, None, None, :]
+    else:
+        mask = query_mask.astype(bool)[:, None, :, None] & key_mask[:, None, None, :]
+    empty_row = ~jnp.any(mask, axis=-1, keepdims=True)
+    return mask | empty_row
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention through jax.nn.dot_product_attention (fused by XLA/cuDNN)."""
+
+    heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, kv: Array, mask: Array | None) -> Array:
+        """x: queries [B, T, D]; kv: keys/values [B, S, D]; mask: [B, 1, T, S] bool."""
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        qkv_axes = ("embed", "heads", "kv")
+        heads_act = ("act_batch", "act_length", "act_heads", "act_kv")
+
+        def project(name: str, inputs: Array) -> Array:
+            layer = dense((self.heads, head_dim), qkv_axes, dtype=self.dtype, name=name)
+            return constrain(layer(inputs), heads_act)
+
+        q, k, v = project("query", x), project("key", kv), project("value", kv)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = constrain(out, heads_act)
+        return dense(width, ("heads", "kv", "embed"), n_in=2, dtype=self.dtype, name="out")(out)
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP, hidden dimension sharded as 'mlp'."""
+
+    hidden: int
+    dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+        h = constrain(nn.gelu(h), ("act_batch", "act_length", "act_mlp"))
+        h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
+        return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Takes and returns (x, None) and keeps `deterministic` as an attribute so the same
+    class works in a Python loop, under nn.remat and as an nn.scan body.
+    """
+
+    spec: TransformerSpec
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+        dtype = compute_dtype(self.spec.dtype)
+        drop = nn.Dropout(self.spec.dropout, deterministic=self.deterministic)
+        x = constrain(x, BLC)
+        h = layer_norm(dtype, "ln_attn")(x)
+        h = MultiHeadAttention(self.spec.heads, dtype=dtype, name="attn")(h, h, mask)
+        x = x + drop(h)
+        h = layer_norm(dtype, "ln_mlp")(x)
+        h = MLP(self.spec.mlp, self.spec.dropout, self.deterministic, dtype, name="mlp")(h)
+        x = constrain(x + drop(h), BLC)
+        return x, None
+
+
+class TransformerStack(nn.Module):
+    """`spec.depth` TransformerBlocks (scanned or looped, optionally rematerialised),
+    then an optional final LayerNorm.
+
+    Under scan the block parameters are stacked as 'layers/...' with a leading
+    logical axis 'layers'; in a loop they are 'layer_0', 'layer_1', ...
+    """
+
+    spec: TransformerSpec
+    final_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, key_mask: Array | None = None, *, train: bool) -> Array:
+        """x: [B, T, D]; key_mask: [B, T] bool (True = real token) or None."""
+        spec = self.spec
+        mask = None if key_mask is None else attention_mask(key_mask)
+        block = TransformerBlock
+        if spec.remat != "none":
+            # CSE prevention is only needed outside scan (scan already blocks it).
+            block = nn.remat(block, policy=REMAT_POLICIES[spec.remat], prevent_cse=not spec.scan)
+        x = x.astype(compute_dtype(spec.dtype))
+        if spec.scan:
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=spec.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(spec, deterministic=not train, name="layers")(x, mask)
+        else:
+            for i in range(spec.depth):
+                x, _ = block(spec, deterministic=not train, name=f"layer_{i}")(x, mask)
+        if self.final_norm:
+            x = layer_norm(compute_dtype(spec.dtype), "ln_final")(x)
+        return constrain(x, BLC)
+
+
+class PositionEmbedding(nn.Module):
+    """Adds a learned table [max_length, D] ('length', 'embed'); shorter inputs use its
+    first rows, so a sequence's valid positions do not depend on how much padding
+    follows them."""
+
+    max_length: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [B, L, D] with L <= max_length."""
+        length, width = x.shape[-2], x.shape[-1]
+        if length > self.max_length:
+            raise ValueError(
+                f"input has {length} positions but the position table holds "
+                f"{self.max_length}; raise the matching config.data size"
+            )
+        table = self.param(
+            "embedding",
+            boxed(nn.initializers.normal(stddev=0.02), ("length", "embed")),
+            (self.max_length, width),
+            jnp.float32,
+        )
+        # Broadcast to the activation's shape and sharding first, so the table is
+        # all-gathered once rather than resharded against the batch-sharded input.
+        pos = jnp.broadcast_to(table[:length].astype(x.dtype), x.shape)
+        return x + constrain(pos, BLC)
+
+
+class TokenEmbedding(nn.Module):
+    """Token ids [B, L] -> vectors [B, L, D] from a ('vocab', 'embed') table.
+
+    Looked up as a one-hot matmul: with a vocabulary sharded over 'tensor' a gather
+    would be resharded by full rematerialisation, while the matmul partitions cleanly
+    (and costs 2 * vocab * D flops per token, small for byte-level vocabularies).
+    """
+
+    vocab_size: int
+    width: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Array:
+        table = self.param(
+            "embedding",
+            boxed(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            (self.vocab_size, self.width),
+            jnp.float32,
+        )
+        one_hot = jax.nn.one_hot(ids, self.vocab_size, dtype=self.dtype)
+        return constrain(one_hot @ table.astype(self.dtype), BLC)

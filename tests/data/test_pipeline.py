@@ -1,0 +1,207 @@
+"""Tests for mmjax/data/{sources,preprocess,pipeline}.py on a tiny synthetic data set."""
+
+import collections
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.data import codec, pipeline, preprocess, sources, synthetic
+
+N = 96  # examples; with global batch 32 an epoch is exactly 3 batches
+GB = 32
+ALL = ("image", "text", "audio")
+
+
+def _config(modalities=ALL, seed=0, workers=0):
+    c = ml_collections.ConfigDict(dict(modalities=modalities, seed=seed))
+    c.data = ml_collections.ConfigDict(dict(
+        train="synthetic", eval="synthetic", cache_dir="", image_size=8, audio_rate=8000,
+        audio_samples=128, text_length=32, workers=workers,
+        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8)),
+    ))
+    return c
+
+
+def _make_dir(path, n, num_shards=2):
+    examples, _ = synthetic.generate(n, 5, image_size=8, audio_rate=8000, audio_samples=128)
+    spec = synthetic.make_spec(image_size=8, audio_rate=8000, audio_samples=128)
+    sources.write_dataset(str(path), [codec.encode(e) for e in examples], spec, num_shards)
+    return sources.open_source(str(path), "train", _config().data)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return _make_dir(tmp_path_factory.mktemp("train"), N)
+
+
+def _ids(batch):
+    """Row identities: image and audio bytes are unique per example (noise)."""
+    return [batch["image"][i].tobytes() + batch["audio"][i].tobytes()
+            for i in range(len(batch["label"]))]
+
+
+def _take(it, n):
+    out = [next(it) for _ in range(n)]
+    it.close()
+    return out
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- sources and preprocess
+
+
+def test_open_source_reads_shards_in_order(source):
+    assert source.num_examples == N and source.num_classes == 10
+    assert sorted(os.listdir(source.directory)) == [
+        "data-00000-of-00002.array_record", "data-00001-of-00002.array_record", "spec.json"]
+    examples, _ = synthetic.generate(N, 5, image_size=8, audio_rate=8000, audio_samples=128)
+    assert codec.decode(source.records[N - 1])["text"] == examples[N - 1]["text"]
+
+
+def test_open_source_synthetic_and_bad_names(tmp_path):
+    config_data = _config().data
+    config_data.cache_dir = str(tmp_path)
+    assert sources.open_source("synthetic", "eval", config_data).num_examples == 8
+    with pytest.raises(ValueError, match="neither 'synthetic' nor a directory with spec.json"):
+        sources.open_source(str(tmp_path / "nope"), "train", config_data)
+    with pytest.raises(ValueError, match="unknown split"):
+        sources.open_source("synthetic", "test", config_data)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "spec.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="'format' must be 'mmjax-v1'"):
+        sources.open_source(str(tmp_path / "broken"), "train", config_data)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("image_size", 16, "data.image_size=16"),
+    ("audio_rate", 16000, "data.audio_rate=16000"),
+    ("audio_samples", 64, "data.audio_samples=64"),
+])
+def test_check_spec_names_the_mismatch(source, key, value, match):
+    config = _config()
+    config.data[key] = value
+    with pytest.raises(ValueError, match=match):
+        sources.check_spec(source.spec, config.data, ALL)
+    longer = _config()
+    longer.data.audio_samples = 256  # longer than the stored clips: zero-padding, fine
+    sources.check_spec(source.spec, longer.data, ALL)
+
+
+def test_check_spec_missing_modality(source):
+    spec = json.loads(json.dumps(source.spec))
+    del spec["modalities"]["audio"]
+    sources.check_spec(spec, _config().data, ("image", "text"))
+    with pytest.raises(ValueError, match="includes 'audio'"):
+        sources.check_spec(spec, _config().data, ALL)
+
+
+def test_preprocess_fields():
+    example = {"image": np.zeros((8, 8, 3), np.uint8), "audio": np.ones(200, np.float32),
+               "text": "hé", "label": 3}
+    out = preprocess.Preprocess(ALL, image_size=8, audio_samples=128, text_length=4).map(
+        codec.encode(example))
+    np.testing.assert_array_equal(out["text"], [ord("h") + 2, 0xC3 + 2, 0xA9 + 2, 0])
+    assert out["audio"].shape == (128,) and out["audio_length"] == 128  # truncated
+    short = preprocess.pad_audio(np.ones(5, np.float32), 8)
+    np.testing.assert_array_equal(short[0], [1, 1, 1, 1, 1, 0, 0, 0])
+    assert short[1] == 5 and short[1].dtype == np.int32
+    assert out["label"].dtype == np.int32 and out["label"] == 3
+    with pytest.raises(ValueError, match=r"uint8 \[16, 16, 3\]"):
+        preprocess.preprocess_example(example, ALL, image_size=16, audio_samples=8, text_length=4)
+    with pytest.raises(ValueError, match="no 'audio' field"):
+        preprocess.preprocess_example({"label": 1}, ("audio",), image_size=8, audio_samples=8,
+                                      text_length=4)
+
+
+# ---------------------------------------------------------------- training batches
+
+
+@pytest.mark.parametrize("modalities", [ALL, ("image", "text")])
+def test_train_batch_layout(source, modalities):
+    (batch,) = _take(pipeline.train_batches(source, _config(modalities), global_batch=GB), 1)
+    expected = {"image": (np.uint8, (GB, 8, 8, 3)), "text": (np.int32, (GB, 32)),
+                "audio": (np.float32, (GB, 128)), "audio_length": (np.int32, (GB,)),
+                "label": (np.int32, (GB,))}
+    keys = set(modalities) | {"label"} | ({"audio_length"} if "audio" in modalities else set())
+    assert set(batch) == keys
+    for k in keys:
+        assert (batch[k].dtype, batch[k].shape) == expected[k], k
+    if "audio" in modalities:
+        assert (batch["audio_length"] >= 64).all() and (batch["audio_length"] <= 128).all()
+        assert all((batch["audio"][i, n:] == 0).all() for i, n in enumerate(batch["audio_length"]))
+
+
+def test_train_is_deterministic_and_each_epoch_is_a_new_permutation(source):
+    a = _take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
+    b = _take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
+    assert all(_equal(x, y) for x, y in zip(a, b))
+    other = _take(pipeline.train_batches(source, _config(seed=1), global_batch=GB), 1)
+    assert not _equal(a[0], other[0])
+    epochs = [sum((_ids(x) for x in a[e * 3:(e + 1) * 3]), []) for e in range(3)]
+    for ids in epochs:
+        assert len(set(ids)) == N  # every example exactly once per epoch
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+def test_resume_at_batch_j_equals_the_jth_batch(source):
+    fresh = _take(pipeline.train_batches(source, _config(), global_batch=GB), 8)
+    resumed = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=5), 3)
+    assert all(_equal(x, y) for x, y in zip(fresh[5:], resumed))
+
+
+def test_workers_give_the_same_batches(source):
+    plain = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=2), 4)
+    workers = _take(pipeline.train_batches(source, _config(workers=2), global_batch=GB,
+                                           start_batch=2), 4)
+    assert all(_equal(x, y) for x, y in zip(plain, workers))
+    assert all(type(v) is np.ndarray for v in workers[0].values())
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_hosts_split_each_global_batch_independently_of_host_count(source, count):
+    whole = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1), 4)
+    parts = [_take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1,
+                                          process_index=i, process_count=count), 4)
+             for i in range(count)]
+    for j, batch in enumerate(whole):
+        assert all(len(p[j]["label"]) == GB // count for p in parts)
+        host_ids = [_ids(p[j]) for p in parts]
+        union = sum(host_ids, [])
+        assert len(set(union)) == GB  # disjoint
+        assert collections.Counter(union) == collections.Counter(_ids(batch))
+
+
+def test_batch_must_divide_over_hosts(source):
+    with pytest.raises(ValueError, match="multiple of the number of hosts"):
+        pipeline.train_batches(source, _config(), global_batch=30, process_index=0,
+                               process_count=4)
+
+
+# ---------------------------------------------------------------- eval batches
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_eval_covers_each_example_once_with_weighted_padding(tmp_path, count):
+    n, gb = 90, 32  # 3 global batches, the last one 26 real + 6 padding rows
+    src = _make_dir(tmp_path, n, num_shards=3)
+    seen = collections.Counter()
+    for i in range(count):
+        batches = pipeline.eval_batches(src, _config(), global_batch=gb, process_index=i,
+                                        process_count=count)
+        assert len(batches) == 3
+        first, again = list(batches), list(batches)  # re-iterable, same result
+        assert len(first) == 3 and all(_equal(x, y) for x, y in zip(first, again))
+        for b in first:
+            assert b["weight"].dtype == np.float32 and b["weight"].shape == (gb // count,)
+            assert set(b) == {"image", "text", "audio", "audio_length", "label", "weight"}
+            seen.update(k for k, w in zip(_ids(b), b["weight"]) if w == 1)
+            assert ((b["weight"] == 0) | (b["weight"] == 1)).all()
+    every = {codec.decode(src.records[k])["image"].tobytes() for k in range(n)}
+    assert len(seen) == n and set(seen.values()) == {1}
+    assert {k[:8 * 8 * 3] for k in seen} == every

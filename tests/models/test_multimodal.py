@@ -1,0 +1,191 @@
+"""Tests for build_model: encoder tables, subsets, errors, logical names, sharded apply."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+
+from mmjax.models.multimodal import build_model, count_params
+
+B = 4  # divisible by the (data x fsdp) = 4 batch shards of the test mesh
+NUM_CLASSES = 6
+
+# The contract's rules (the lead's mmjax/sharding.py owns the real table).
+RULES = (
+    ("act_batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_mlp", "tensor"),
+    ("act_length", None), ("act_embed", None), ("act_kv", None),
+    ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"),
+    ("kv", None), ("patch", None), ("length", None), ("classes", None), ("modality", None),
+    ("layers", None),
+)
+
+
+def tiny_config(modalities=("image", "text", "audio"), **model) -> ml_collections.ConfigDict:
+    """The contract's keys at test size; `model` overrides config.model entries."""
+    block = dict(width=16, depth=1, heads=2, mlp=32)
+    config = ml_collections.ConfigDict(
+        dict(
+            modalities=tuple(modalities),
+            seed=0,
+            data=dict(image_size=8, audio_rate=8000, audio_samples=512, text_length=16),
+            model=dict(
+                dtype="float32",
+                remat="none",
+                scan=False,
+                dropout=0.0,
+                image=dict(kind="vit", patch=4, **block),
+                text=dict(kind="transformer", vocab_size=384, **block),
+                audio=dict(
+                    kind="transformer", n_mels=16, window=128, hop=64,
+                    patch_time=2, patch_freq=8, **block,
+                ),
+            ),
+            fusion=dict(kind="joint", **dict(block, width=32, heads=4)),
+        )
+    )
+    config.model.update(model)
+    return config
+
+
+def make_batch(config, text_length=None, audio_samples=None, seed=0):
+    """A batch with the contract's keys for every modality (plus label)."""
+    rng = np.random.default_rng(seed)
+    size = config.data.image_size
+    text = np.zeros((B, text_length or config.data.text_length), np.int32)
+    audio = np.zeros((B, audio_samples or config.data.audio_samples), np.float32)
+    lengths = np.array([400, 250, 100, 330], np.int32)
+    for i in range(B):
+        text[i, : 3 + i] = rng.integers(2, 258, 3 + i)
+        audio[i, : lengths[i]] = rng.uniform(-1, 1, lengths[i])
+    return dict(
+        image=jnp.asarray(rng.integers(0, 256, (B, size, size, 3), dtype=np.uint8)),
+        text=jnp.asarray(text),
+        audio=jnp.asarray(audio),
+        audio_length=jnp.asarray(lengths),
+        label=jnp.zeros((B,), jnp.int32),
+    )
+
+
+def init(model, batch):
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    return model.init(rngs, batch, train=False)
+
+
+@pytest.fixture(scope="module")
+def default():
+    """(config, model, batch, variables) of a three-modality float32 scanned model."""
+    config = tiny_config(scan=True, dropout=0.1)
+    model = build_model(config, NUM_CLASSES)
+    batch = make_batch(config)
+    return config, model, batch, jax.jit(init, static_argnums=0)(model, batch)
+
+
+@pytest.mark.parametrize(
+    "modalities", [("image", "text", "audio"), ("text",), ("audio", "image")]
+)
+def test_subsets_build_only_their_encoders(modalities):
+    config = tiny_config(modalities)
+    model = build_model(config, NUM_CLASSES)
+    variables = jax.eval_shape(lambda: init(model, make_batch(config)))
+    assert set(variables["params"]) == set(modalities) | {"fusion", "head"}
+    logits = jax.eval_shape(lambda v: model.apply(v, make_batch(config), train=False), variables)
+    assert logits.shape == (B, NUM_CLASSES) and logits.dtype == jnp.float32
+
+
+def test_bfloat16_remat_model_takes_float32_params(default):
+    """Same float32 params as the default model; bfloat16 compute, float32 logits."""
+    _, _, batch, variables = default
+    config = tiny_config(dtype="bfloat16", scan=True, remat="dots")
+    model = build_model(config, NUM_CLASSES)
+    abstract = jax.eval_shape(lambda: init(model, batch))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(abstract)} == {jnp.dtype(jnp.float32)}
+    assert jax.tree_util.tree_structure(abstract) == jax.tree_util.tree_structure(variables)
+    logits = jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, batch)
+    assert logits.shape == (B, NUM_CLASSES) and logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_padding_does_not_change_logits(default):
+    """Shorter text and audio arrays with the same valid content give the same logits."""
+    config, model, full, variables = default
+    short = make_batch(config, text_length=8, audio_samples=448)
+    np.testing.assert_array_equal(short["text"], full["text"][:, :8])
+    apply = jax.jit(lambda v, b: model.apply(v, b, train=False))
+    logits = apply(variables, full)
+    assert logits.shape == (B, NUM_CLASSES) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(apply(variables, short), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_param_has_logical_names(scan):
+    config = tiny_config(scan=scan)
+    variables = jax.eval_shape(lambda: init(build_model(config, NUM_CLASSES), make_batch(config)))
+    is_spec = lambda s: isinstance(s, PartitionSpec)
+    specs = jax.tree_util.tree_leaves(nn.get_partition_spec(variables), is_leaf=is_spec)
+    shapes = jax.tree_util.tree_leaves(nn.unbox(variables))
+    assert len(specs) == len(shapes) > 0
+    for spec, shape in zip(specs, shapes):
+        assert is_spec(spec) and len(spec) == len(shape.shape), (spec, shape)
+        assert any(name is not None for name in spec)
+    if scan:
+        layer_spec = nn.get_partition_spec(variables)["params"]["text"]["transformer"]["layers"]
+        assert layer_spec["attn"]["query"]["kernel"][0] == "layers"
+
+
+def test_scan_and_loop_have_same_param_count():
+    counts = []
+    for scan in (False, True):
+        config = tiny_config(scan=scan)
+        variables = jax.eval_shape(lambda: init(build_model(config, NUM_CLASSES), make_batch(config)))
+        counts.append(count_params(variables["params"]))
+    assert counts[0] == counts[1] > 0
+
+
+def test_unknown_kinds_and_modalities():
+    config = tiny_config()
+    config.model.image.kind = "foo"
+    with pytest.raises(ValueError, match=r"config.model.image.kind='foo' is not one of \['vit'\]"):
+        build_model(config, NUM_CLASSES)
+    config = tiny_config(("text",))
+    config.model.image.kind = "foo"  # not configured, so never looked at
+    build_model(config, NUM_CLASSES)
+    config.fusion.kind = "late"
+    with pytest.raises(ValueError, match=r"config.fusion.kind='late' is not one of \['joint'\]"):
+        build_model(config, NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"config.modalities=\('video',\)"):
+        build_model(tiny_config(("video",)), NUM_CLASSES)
+
+
+def test_missing_batch_key_is_a_clear_error(default):
+    _, model, batch, variables = default
+    batch = {k: v for k, v in batch.items() if k != "audio_length"}
+    with pytest.raises(ValueError, match=r"batch lacks \['audio_length'\]"):
+        jax.eval_shape(lambda v: model.apply(v, batch, train=False), variables)
+
+
+def test_sharded_apply_and_grads_match_single_device(default):
+    """Params placed by their logical names on a 2x2x2 mesh; constraints apply cleanly
+    and loss and grads (dropout included) match the single-device ones."""
+    _, model, batch, variables = default
+
+    def loss_fn(params, batch):
+        logits = model.apply(
+            {"params": params}, batch, train=True, rngs={"dropout": jax.random.key(3)}
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(B), batch["label"]])
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
+    ref_loss, ref_grads = value_and_grad(variables["params"], batch)
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, RULES)
+        sharded = jax.device_put(variables, shardings)
+        kernel = sharded["params"]["text"]["transformer"]["layers"]["mlp"]["fc1"]["kernel"]
+        assert kernel.value.sharding.spec == PartitionSpec(None, "fsdp", "tensor")
+        loss, grads = value_and_grad(sharded["params"], batch)
+    assert grads["text"]["token_embed"]["embedding"].value.sharding.spec == PartitionSpec("tensor", "fsdp")
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
