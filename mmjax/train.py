@@ -14,6 +14,7 @@ it uses jax.shard_map.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import sys
 import time
@@ -81,6 +82,16 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bo
     if eval:
         shapes["weight"] = ((batch_size,), np.float32)
     return shapes
+
+
+@contextlib.contextmanager
+def _as_user_error(where: str):
+    """Turns the ValueErrors that library code raises for bad input into UserErrors."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        raise UserError(message if "config." in message else f"{where}: {message}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -187,19 +198,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     sharding.check_batch_size(config.batch_size, mesh)
 
     # ---------------------------------------------------------------- input
-    train_source = sources.open_source(config.data.train, "train", config.data)
-    eval_source = sources.open_source(config.data.eval, "eval", config.data)
-    for source in (train_source, eval_source):
-        sources.check_spec(source.spec, config.data, config.modalities)
+    with _as_user_error("config.data"):  # a bad path or a spec that does not fit the config
+        train_source = sources.open_source(config.data.train, "train", config.data)
+        eval_source = sources.open_source(config.data.eval, "eval", config.data)
+        for source in (train_source, eval_source):
+            sources.check_spec(source.spec, config.data, config.modalities)
     num_classes = int(train_source.spec["num_classes"])
     if int(eval_source.spec["num_classes"]) != num_classes:
         raise UserError("config.data.train and config.data.eval have different class counts")
 
     # ---------------------------------------------------------------- model and optimizer shapes
-    try:
+    with _as_user_error("config.model"):  # unknown encoder/fusion kind and the like
         model = build_model(config, num_classes)
-    except ValueError as e:  # unknown encoder/fusion kind and the like
-        raise UserError(str(e)) from None
     tx, schedule = make_optimizer(config)
     train_shapes = batch_shapes(config, config.batch_size)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))

@@ -70,6 +70,7 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run):
         ("--config.mesh.data=3", "config.mesh"),
         ("--config.fusion.kind=nope", "nope"),
         ("--config.batch_size=6", "config.batch_size=6 must be divisible"),
+        ("--config.data.train=/no/such/dir", "'/no/such/dir' is neither 'synthetic' nor a directory"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, flag, message):

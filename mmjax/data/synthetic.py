@@ -211,7 +211,7 @@ def _params(config_data) -> dict:
         "audio_samples": int(config_data.audio_samples),
         "num_train": int(syn.num_train),
         "num_eval": int(syn.num_eval),
-        "seed": int(syn.get("seed", 0)),
+        "seed": int(syn.seed),
     }
 
 

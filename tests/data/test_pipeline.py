@@ -20,7 +20,7 @@ def _config(modalities=ALL, seed=0, workers=0):
     c.data = ml_collections.ConfigDict(dict(
         train="synthetic", eval="synthetic", cache_dir="", image_size=8, audio_rate=8000,
         audio_samples=128, text_length=32, workers=workers,
-        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8)),
+        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8, seed=0)),
     ))
     return c
 

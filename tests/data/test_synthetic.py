@@ -26,7 +26,7 @@ def _config_data(num_train=40, num_eval=12):
     d.audio_rate = 8000
     d.audio_samples = 256
     d.text_length = 32
-    d.synthetic = ml_collections.ConfigDict(dict(num_train=num_train, num_eval=num_eval))
+    d.synthetic = ml_collections.ConfigDict(dict(num_train=num_train, num_eval=num_eval, seed=0))
     return d
 
 
