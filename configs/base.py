@@ -6,6 +6,8 @@ On a 2-core CPU laptop it takes about 3 minutes, including data generation and
 compilation, and reaches eval/accuracy 0.999 (303k parameters, ~570 examples/s).
 Leaving a modality out (`--config.modalities="('image','text')"`) ends near 0.53,
 because the synthetic task needs all three (see mmjax/data/synthetic.py).
+The other fusion cores (`--config.fusion.kind=concat|bottleneck|cross`), encoders,
+missing-modality options and objectives are in BUILD.md, "Models".
 """
 
 import ml_collections
@@ -32,7 +34,8 @@ def get_config(arg=None):
     )
 
     c.data = ml_collections.ConfigDict()
-    c.data.train = "synthetic"  # 'synthetic' or a directory made by mmjax.data.build
+    # 'synthetic', a directory made by `python -m mmjax.data.build`, or 'tfds:NAME' (see c.data.tfds)
+    c.data.train = "synthetic"
     c.data.eval = "synthetic"
     c.data.cache_dir = ""  # '' -> $MMJAX_CACHE or ~/.cache/mmjax
     c.data.workers = 0  # grain worker processes; 0 decodes in the training process
@@ -40,7 +43,20 @@ def get_config(arg=None):
     c.data.audio_rate = 8000
     c.data.audio_samples = 2048
     c.data.text_length = 32
-    c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20000, num_eval=2000, seed=0))
+    c.data.tokenizer = "bytes"  # 'bytes' (UTF-8 bytes, no files) or a SentencePiece .model file
+    # TFDS sources ('tfds:NAME', ArrayRecord format): features maps mmjax names to the data
+    # set's, e.g. 'image=img,label=digit' (unmapped names map to themselves); audio_rate is
+    # the rate of a Tensor audio feature (0: already data.audio_rate).
+    c.data.tfds = ml_collections.ConfigDict(
+        dict(data_dir="", train_split="train", eval_split="test", features="", audio_rate=0)
+    )
+    # Train-time augmentation (never in eval), all off by default; see mmjax/data/augment.py.
+    c.data.augment = ml_collections.ConfigDict(
+        dict(image_crop=0.0, image_flip=False, audio_gain_db=0.0, audio_shift=0.0,
+             audio_time_mask=0.0, audio_freq_mask=0.0, text_dropout=0.0)
+    )
+    # task: 'default' (the label needs all three modalities) or 'redundant' (each alone decides it).
+    c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20000, num_eval=2000, seed=0, task="default"))
 
     encoder = dict(width=64, depth=2, heads=4, mlp=128)
     c.model = ml_collections.ConfigDict()
@@ -48,10 +64,34 @@ def get_config(arg=None):
     c.model.remat = "none"  # none | full | dots
     c.model.scan = True
     c.model.dropout = 0.0
-    c.model.image = ml_collections.ConfigDict(dict(kind="vit", patch=4, **encoder))
-    c.model.text = ml_collections.ConfigDict(dict(kind="transformer", vocab_size=384, **encoder))
-    c.model.audio = ml_collections.ConfigDict(
-        dict(kind="transformer", n_mels=32, window=256, hop=128, patch_time=2, patch_freq=8, **encoder)
+    c.model.head_norm = True  # LayerNorm before the head's Dense
+    # Encoders: image 'vit' | 'cnn'; text 'transformer' | 'lstm'; audio 'transformer' | 'cnn'.
+    # cnn: one Conv(channels[i], kernel, relu) + MaxPool(pool) stage per entry of channels.
+    cnn = dict(channels=(32,), kernel=3, pool=2)
+    c.model.image = ml_collections.ConfigDict(dict(kind="vit", patch=4, **encoder, **cnn))
+    c.model.text = ml_collections.ConfigDict(
+        dict(kind="transformer", vocab_size=384, return_sequences=False, **encoder)  # return_sequences: lstm only
     )
-    c.fusion = ml_collections.ConfigDict(dict(kind="joint", **encoder))
+    c.model.audio = ml_collections.ConfigDict(
+        dict(kind="transformer", n_mels=32, window=256, hop=128, patch_time=2, patch_freq=8, **encoder, **cnn)
+    )
+    # Fusion: 'concat' (pool: 'mean' | 'flatten', then depth Dense(mlp) layers), 'joint',
+    # 'bottleneck' (MBT; bottlenecks from layer fusion_layer on) or 'cross' (num_latents).
+    c.fusion = ml_collections.ConfigDict(
+        dict(kind="joint", **encoder, pool="mean", fusion_layer=0, num_bottlenecks=4, num_latents=8)
+    )
+
+    # Missing modalities: drop whole modalities per training example with this
+    # probability (never all of them); eval_without=('audio',) also reports
+    # eval/accuracy_without_audio (the modality masked out for every example).
+    c.modality_dropout = 0.0
+    c.eval_without = ()
+
+    # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none', plus
+    # loss.contrastive 'none' | 'sigmoid' (SigLIP) | 'softmax' (CLIP) between the pooled
+    # embeddings of loss.contrastive_pair, weighted by loss.contrastive_weight.
+    c.loss = ml_collections.ConfigDict(
+        dict(task="classification", contrastive="none", contrastive_pair=("image", "audio"),
+             contrastive_weight=1.0, contrastive_dim=64)
+    )
     return c

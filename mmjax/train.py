@@ -15,6 +15,7 @@ it uses jax.shard_map.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import sys
 import time
@@ -31,11 +32,14 @@ from flax import struct
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
+from mmjax import distributed
 from mmjax import metrics as metrics_lib
+from mmjax import objectives
 from mmjax import sharding
 from mmjax.config import UserError
 from mmjax.data import pipeline, sources
 from mmjax.models.multimodal import build_model
+from mmjax.preemption import RESUME_EXIT_CODE, Preempted, PreemptionWatcher
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
 
@@ -63,10 +67,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
 
 # ============================================================================ losses
 def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    """Weighted sums of cross-entropy and correct predictions (weights mask padding rows)."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    return {"loss": jnp.sum(ce * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
+    """Weighted sums of cross-entropy and correct predictions (weights mask padding rows).
+    Other tasks and the contrastive loss live in mmjax/objectives.py."""
+    return objectives.classification_sums(logits, labels, weights)
 
 
 def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bool = False) -> dict[str, tuple]:
@@ -113,8 +116,9 @@ def sharded_state_shapes(model: nn.Module, tx: optax.GradientTransformation, sha
         params = model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+    rng_shape = jax.eval_shape(jax.random.key, 0)  # abstract: nothing is placed on a device
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        boxed = jax.eval_shape(init_state, jax.random.key(0))
+        boxed = jax.eval_shape(init_state, rng_shape)
         shardings = sharding.logical_shardings(boxed, mesh)
     abstract = jax.tree.map(lambda sh, s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shardings, nn.unbox(boxed))
 
@@ -125,25 +129,36 @@ def sharded_state_shapes(model: nn.Module, tx: optax.GradientTransformation, sha
     return abstract, shardings, init_fn
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, dropout_rng):
-    """One optimizer update on a global batch; returns the new state and scalar metrics."""
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule, dropout_rng,
+                    *, objective: objectives.Objective | None = None):
+    """One optimizer update on a global batch; returns the new state and scalar metrics.
+
+    `objective` (default: classification) says what the loss is; the metrics are
+    'train/loss', the objective's own ('train/accuracy', ...), 'train/grad_norm',
+    'train/learning_rate' and, for contrastive runs, 'train/contrastive_scale'.
+    """
+    objective = objective or objectives.Objective()
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(dropout_rng, state.step)
+        weights = jnp.ones(jax.tree.leaves(batch)[0].shape[:1], jnp.float32)
 
         def loss_fn(params):
-            logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-            sums = classification_sums(logits, batch["label"], jnp.ones(batch["label"].shape, jnp.float32))
-            return sums["loss"] / sums["count"], sums
+            outputs = model.apply(
+                {"params": params}, batch, train=True, aux=objective.needs_aux, rngs={"dropout": rng}
+            )
+            sums = objective.sums(outputs, batch, weights)
+            extra = {"train/contrastive_scale": outputs[1]["scale"]} if objective.needs_aux else {}
+            return objective.loss(sums), (sums, extra)
 
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (sums, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
         )
         metrics = {
-            "train/loss": loss,
-            "train/accuracy": sums["correct"] / sums["count"],
+            **objective.metrics(sums, "train/"),
+            **extra,
             "train/grad_norm": optax.global_norm(grads),
             "train/learning_rate": schedule(state.step),
         }
@@ -152,12 +167,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return train_step
 
 
-def make_eval_step(model: nn.Module):
-    """Weighted loss/correct/count sums of one eval batch (padding rows have weight 0)."""
+def make_eval_step(model: nn.Module, *, objective: objectives.Objective | None = None):
+    """Weighted sums of one eval batch (padding rows have weight 0), per objective part;
+    for each modality in objective.eval_without, also the task sums with it absent."""
+    objective = objective or objectives.Objective()
 
     def eval_step(state: TrainState, batch: dict) -> dict:
-        logits = model.apply({"params": state.params}, batch, train=False)
-        return classification_sums(logits, batch["label"], batch["weight"])
+        apply = lambda b, aux: model.apply({"params": state.params}, b, train=False, aux=aux)  # noqa: E731
+        sums = objective.sums(apply(batch, objective.needs_aux), batch, batch["weight"])
+        task_only = dataclasses.replace(objective, contrastive="none")
+        for m in objective.eval_without:
+            without = objective.without(batch, m)
+            sums[f"without_{m}"] = task_only.sums(apply(without, False), without, batch["weight"])["task"]
+        return sums
 
     return eval_step
 
@@ -169,18 +191,24 @@ def compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state
     fails here, once, with both shapes in the message.
     """
     batch_sharding = sharding.batch_sharding(mesh)
+    with _as_user_error("config.loss"):
+        objective = objectives.Objective.from_config(config)
 
     def abstract_batch(shapes):
         return {k: jax.ShapeDtypeStruct(s, dt, sharding=batch_sharding) for k, (s, dt) in shapes.items()}
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         train_step = (
-            jax.jit(make_train_step(model, tx, schedule, dropout_rng), out_shardings=(state_shardings, None), donate_argnums=0)
+            jax.jit(
+                make_train_step(model, tx, schedule, dropout_rng, objective=objective),
+                out_shardings=(state_shardings, None),
+                donate_argnums=0,
+            )
             .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size)))
             .compile()
         )
         eval_step = (
-            jax.jit(make_eval_step(model))
+            jax.jit(make_eval_step(model, objective=objective))
             .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size, eval=True)))
             .compile()
         )
@@ -201,11 +229,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with _as_user_error("config.data"):  # a bad path or a spec that does not fit the config
         train_source = sources.open_source(config.data.train, "train", config.data)
         eval_source = sources.open_source(config.data.eval, "eval", config.data)
+        # The data decide the modalities unless config.modalities asks for fewer.
+        modalities = sources.choose_modalities(config.modalities, train_source.spec, eval_source.spec)
         for source in (train_source, eval_source):
-            sources.check_spec(source.spec, config.data, config.modalities)
+            sources.check_spec(source.spec, config.data, modalities)
+        sources.check_same_classes(train_source.spec, eval_source.spec)
+        vocab = pipeline.check_preprocessing(config.data, modalities)  # tokenizer ids, 0 without text
+    if vocab > config.model.text.vocab_size:
+        raise UserError(f"config.model.text.vocab_size={config.model.text.vocab_size} is smaller than "
+                        f"the tokenizer's {vocab} ids; set --config.model.text.vocab_size={vocab}")
+    if tuple(modalities) != tuple(config.modalities):
+        config.modalities = modalities  # model and batch shapes follow the data
+        if is_primary:
+            print(f"modalities: {', '.join(modalities)} (those the data set has)", flush=True)
     num_classes = int(train_source.spec["num_classes"])
-    if int(eval_source.spec["num_classes"]) != num_classes:
-        raise UserError("config.data.train and config.data.eval have different class counts")
 
     # ---------------------------------------------------------------- model and optimizer shapes
     with _as_user_error("config.model"):  # unknown encoder/fusion kind and the like
@@ -245,14 +282,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     compile_seconds = time.perf_counter() - compile_start
 
     # ---------------------------------------------------------------- evaluation
+    objective = objectives.Objective.from_config(config)
+
     def evaluate(state: TrainState) -> dict[str, float]:
+        """The objective's metrics ('eval/loss', 'eval/accuracy', ...) over the eval set."""
         totals = None
         for host_batch in pipeline.eval_batches(eval_source, config, global_batch=config.batch_size):
             sums = eval_step(state, sharding.host_batch_to_global(host_batch, mesh))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         totals = jax.device_get(totals)
-        count = max(float(totals["count"]), 1.0)
-        return {"eval/loss": float(totals["loss"]) / count, "eval/accuracy": float(totals["correct"]) / count}
+        return {k: float(v) for k, v in objective.metrics(totals, "eval/").items()}
 
     # ---------------------------------------------------------------- the loop
     writers = metrics_lib.create_writers(workdir, config.total_steps, is_primary=is_primary)
@@ -268,6 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         train_source, config, global_batch=config.batch_size, start_batch=start_batch
     )
     window = metrics_lib.MeanAccumulator()
+    preemption = PreemptionWatcher()
     pending = None  # metrics of the previous step, fetched one step late so the host never waits
     eval_metrics: dict[str, float] = {}
     for step in range(start_step, config.total_steps):
@@ -287,9 +327,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if done % config.eval_every == 0 or is_last:
             eval_metrics = evaluate(state)
             writers.write(done, eval_metrics)
-        if done % config.checkpoint_every == 0 or is_last:
+        stop = preemption.should_stop(done)
+        if done % config.checkpoint_every == 0 or is_last or stop:
             data_state = {"next_batch": start_batch + done - start_step, "workers": config.data.workers}
             checkpointer.save(done, state, data_state, meta)
+        if stop:
+            train_iter.close()
+            checkpointer.close()  # waits until the checkpoint is complete on disk
+            writers.close()
+            raise Preempted(done)
         window.exclude(time.perf_counter() - side_start)  # evals and saves are not training time
 
     train_iter.close()
@@ -318,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     try:
         config, workdir = _parse_command_line(argv)
+        distributed.initialize()  # before anything touches a device
         train(config, workdir)
     except UserError as e:
         print(f"mmjax.train: error: {e}", file=sys.stderr)
@@ -325,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     except flags.Error as e:
         print(f"mmjax.train: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"mmjax.train: {e}", file=sys.stderr, flush=True)
+        return RESUME_EXIT_CODE
     return 0
 
 

@@ -36,6 +36,12 @@ TINY_OVERRIDES = {
 
 
 @pytest.fixture
+def tiny_args():
+    """The same tiny run as command-line arguments; append more to override them."""
+    return ["--config=configs/base.py", *(f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items())]
+
+
+@pytest.fixture
 def tiny_config(tmp_path_factory):
     """A factory: configs/base.py at test size, cached synthetic data, extra overrides."""
     cache = tmp_path_factory.getbasetemp() / "synthetic-cache"

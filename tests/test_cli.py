@@ -7,39 +7,24 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--config.total_steps=6",
-    "--config.batch_size=16",
-    "--config.log_every=2",
-    "--config.eval_every=3",
-    "--config.checkpoint_every=3",
-    "--config.optim.warmup_steps=2",
-    "--config.data.synthetic.num_train=128",
-    "--config.data.synthetic.num_eval=40",
-    "--config.model.image.depth=1",
-    "--config.model.text.depth=1",
-    "--config.model.audio.depth=1",
-    "--config.fusion.depth=1",
-]
 
 
-def run_train(workdir, cache, *extra):
-    env = dict(os.environ, MMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    cmd = [sys.executable, "-m", "mmjax.train", "--config=configs/base.py", f"--workdir={workdir}", *TINY, *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def run_train(tiny_args):
+    def run(workdir, cache, *extra):
+        env = dict(os.environ, MMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        cmd = [sys.executable, "-m", "mmjax.train", f"--workdir={workdir}", *tiny_args,
+               "--config.log_every=2", *extra]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    return run
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
+def test_train_writes_progress_metrics_tensorboard_checkpoints_then_rerun_does_nothing(tmp_path, run_train):
+    root = tmp_path
     result = run_train(root / "run", root / "cache", "--config.mesh.data=2", "--config.mesh.fsdp=-1")
     assert result.returncode == 0, result.stderr[-3000:]
-    return root, result
-
-
-def test_train_writes_progress_metrics_tensorboard_and_checkpoints(finished_run):
-    root, result = finished_run
     out = result.stdout
     assert "step      2/6 | loss" in out and "ex/s | ETA" in out
     assert "eval @ step 6 | eval/accuracy" in out and "done: 6 steps" in out
@@ -52,9 +37,6 @@ def test_train_writes_progress_metrics_tensorboard_and_checkpoints(finished_run)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "run" / "tensorboard"))
     assert sorted(os.listdir(root / "run" / "checkpoints")) == ["3", "6"]
 
-
-def test_rerun_of_a_finished_run_does_nothing(finished_run):
-    root, _ = finished_run
     before = open(root / "run" / "metrics.jsonl").read()
     result = run_train(root / "run", root / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +55,7 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run):
         ("--config.data.train=/no/such/dir", "'/no/such/dir' is neither 'synthetic' nor a directory"),
     ],
 )
-def test_user_errors_are_one_clear_line(tmp_path, flag, message):
+def test_user_errors_are_one_clear_line(tmp_path, run_train, flag, message):
     result = run_train(tmp_path / "run", tmp_path / "cache", flag)
     assert result.returncode == 2
     assert message in result.stderr

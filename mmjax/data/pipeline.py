@@ -2,8 +2,9 @@
 
 Training order. The global example stream is the source shuffled and repeated forever;
 grain's `MapDataset.shuffle(seed).repeat()` reshuffles each epoch (epoch e uses shuffle
-seed + e). Host i of P takes stream elements i, i+P, i+2P, ... and groups them into batches
-of global_batch/P. So global batch j is always stream elements [j*G, (j+1)*G) however
+seed + e). The stream is cut into blocks of global_batch/P examples and host i of P
+takes blocks i, i+P, i+2P, ...: its j-th batch is stream elements
+[j*G + i*G/P, j*G + (i+1)*G/P). So global batch j is always stream elements [j*G, (j+1)*G) however
 many hosts share it, and a run can resume on a different number of hosts. All of it is a
 random-access `MapDataset`, so resuming at batch j is a slice, O(1), not a replay: the
 train loop only has to checkpoint the integer batch index.
@@ -12,7 +13,15 @@ Eval covers every example exactly once, in order, padded up to a whole number of
 batches with copies whose 'weight' is 0; every host yields the same number of batches.
 
 Worker processes (config.data.workers > 0) each take every W-th batch and grain
-interleaves them round-robin, so batches are the same as with 0 workers.
+interleaves them round-robin, so batches are the same as with 0 workers. Because batch j
+is a pure function of (data, seed, j) and the resume position is the integer j, resuming
+with a different worker count (or host count) gives exactly the batches an uninterrupted
+run would have: unlike a stored grain iterator state, nothing depends on W, so a
+mismatch needs no refusal (tests/data/test_pipeline.py checks it at a nonzero start).
+
+Augmentation (config.data.augment, training only) draws from a Generator seeded with
+(seed, the example's position in the global stream), so it is part of that pure function
+too: the same on any host or worker count and after a resume.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from mmjax.data.preprocess import Preprocess
+from mmjax.data.augment import Augment
+from mmjax.data.preprocess import Preprocess, TrainPreprocess
 from mmjax.data.sources import Source, check_spec
+from mmjax.data.tokenizer import make_tokenizer
 
 # Read-ahead per process, in batches: enough to overlap decoding with the training step
 # without holding many batches in memory.
@@ -131,6 +142,15 @@ def _iterate(ds: grain.MapDataset, workers: int) -> BatchIterator:
     return BatchIterator(iter(it_ds))
 
 
+def check_preprocessing(config_data, modalities) -> int:
+    """Checks config.data.augment and config.data.tokenizer before any pipeline is built;
+    returns the tokenizer's vocabulary size (0 when `modalities` has no text)."""
+    Augment.from_config(config_data.get("augment"))
+    if "text" not in modalities:
+        return 0
+    return make_tokenizer(config_data.get("tokenizer", "bytes")).vocab_size
+
+
 def _preprocess(source: Source, config) -> Preprocess:
     check_spec(source.spec, config.data, config.modalities)
     if source.num_examples == 0:
@@ -145,8 +165,20 @@ def train_dataset(source: Source, config, *, global_batch: int, process_index: i
     host_batch = _host_batch(global_batch, count)
     ds = grain.MapDataset.source(source.records)
     ds = ds.shuffle(seed=_shuffle_seed(config.seed)).repeat()  # len == sys.maxsize
-    ds = ds[index::count].map(_preprocess(source, config))
-    return ds.batch(host_batch, drop_remainder=True)
+    # Cut the stream into host-sized blocks; global batch j is blocks jP .. jP+P-1, and host
+    # i takes block jP+i. Rows of the global array are then in stream order whatever P is,
+    # so 1 and N hosts put the same examples on the same devices (and agree bitwise).
+    preprocess = _preprocess(source, config)
+    augment = Augment.from_config(config.data.get("augment"))
+    if augment.enabled:
+        # Mapped before batching and the host slice, so the index is the example's global
+        # stream position; the dataset is lazy, so each host still decodes only its share.
+        ds = ds.map_with_index(TrainPreprocess(preprocess, augment, seed=config.seed,
+                                               audio_rate=config.data.audio_rate))
+    else:
+        ds = ds.map(preprocess)
+    ds = ds.batch(host_batch, drop_remainder=True)
+    return ds[index::count]
 
 
 def train_batches(source: Source, config, *, global_batch: int, start_batch: int = 0,

@@ -1,34 +1,33 @@
 """Per-example transforms: a stored example -> the fixed-shape fields of a batch row.
 
 Only the configured modalities are produced (see the batch layout in the contract):
-text -> int32 [text_length] byte tokens (id = byte + 2, 0 = padding); audio -> float32
-[audio_samples] zero-padded plus int32 audio_length; image -> uint8 [H, W, 3], checked;
-label -> int32. `Preprocess` is a grain Map, so grain can run it in worker processes.
+text -> int32 [text_length] token ids (byte-level by default: id = byte + 2, 0 = padding;
+see tokenizer.py); audio -> float32 [audio_samples] zero-padded plus int32 audio_length;
+image -> uint8 [H, W, 3], checked; label -> int32. `Preprocess` (eval, and training
+without augmentation) is a grain Map and `TrainPreprocess` a grain MapWithIndex, so grain
+can run them in worker processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 
+from mmjax.data import augment as augment_lib
 from mmjax.data import codec
+from mmjax.data.tokenizer import OFFSET as BYTE_OFFSET  # noqa: F401  (re-exported)
+from mmjax.data.tokenizer import PAD_ID, RESERVED_ID, ByteTokenizer, make_tokenizer  # noqa: F401
+from mmjax.data.tokenizer import tokenize as _tokenize
 
-PAD_ID = 0
-RESERVED_ID = 1  # unknown / end of sequence
-BYTE_OFFSET = 2  # token id = UTF-8 byte + 2
-VOCAB_SIZE = 256 + BYTE_OFFSET
+VOCAB_SIZE = ByteTokenizer.vocab_size
 
 
-def tokenize(text: str, length: int) -> np.ndarray:
-    """UTF-8 bytes + 2 as int32 [length], truncated or zero-padded."""
-    if not isinstance(text, str):
-        raise ValueError(f"'text' must be a str, got {type(text).__name__}")
-    raw = np.frombuffer(text.encode("utf-8")[:length], np.uint8)
-    tokens = np.zeros(length, np.int32)
-    tokens[: len(raw)] = raw.astype(np.int32) + BYTE_OFFSET
-    return tokens
+def tokenize(text: str, length: int, tokenizer=None) -> np.ndarray:
+    """Token ids as int32 [length] (byte-level unless `tokenizer`), truncated or zero-padded."""
+    return _tokenize(text, length, tokenizer)
 
 
 def pad_audio(wave: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +54,7 @@ def check_image(image: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess_example(example: dict, modalities: Sequence[str], *, image_size: int,
                        audio_samples: int, text_length: int,
-                       num_classes: int | None = None) -> dict:
+                       num_classes: int | None = None, tokenizer=None) -> dict:
     """Stored example dict -> dict of fixed-shape numpy fields for `modalities` + label."""
     for key in (*modalities, "label"):
         if key not in example:
@@ -64,7 +63,7 @@ def preprocess_example(example: dict, modalities: Sequence[str], *, image_size: 
     if "image" in modalities:
         out["image"] = check_image(example["image"], image_size)
     if "text" in modalities:
-        out["text"] = tokenize(example["text"], text_length)
+        out["text"] = tokenize(example["text"], text_length, tokenizer)
     if "audio" in modalities:
         out["audio"], out["audio_length"] = pad_audio(example["audio"], audio_samples)
     label = example["label"]
@@ -80,17 +79,46 @@ class Preprocess(grain.transforms.Map):
     """grain Map: encoded record (bytes) or example dict -> batch-row dict."""
 
     def __init__(self, modalities: Sequence[str], *, image_size: int, audio_samples: int,
-                 text_length: int, num_classes: int | None = None):
+                 text_length: int, num_classes: int | None = None, tokenizer=None):
         self.modalities = tuple(modalities)
         self.kwargs = dict(image_size=image_size, audio_samples=audio_samples,
-                           text_length=text_length, num_classes=num_classes)
+                           text_length=text_length, num_classes=num_classes, tokenizer=tokenizer)
 
     @classmethod
     def from_config(cls, config, num_classes: int | None = None) -> "Preprocess":
         d = config.data
+        tokenizer = make_tokenizer(d.get("tokenizer", "bytes")) if "text" in config.modalities else None
         return cls(config.modalities, image_size=d.image_size, audio_samples=d.audio_samples,
-                   text_length=d.text_length, num_classes=num_classes)
+                   text_length=d.text_length, num_classes=num_classes, tokenizer=tokenizer)
 
     def map(self, element):
         example = element if isinstance(element, dict) else codec.decode(element)
         return preprocess_example(example, self.modalities, **self.kwargs)
+
+
+def augment_seed(seed: int) -> int:
+    """A 64-bit augmentation seed from config.seed, unrelated to the shuffle seed."""
+    return int.from_bytes(hashlib.sha256(f"mmjax-augment:{seed}".encode()).digest()[:8], "little")
+
+
+class TrainPreprocess(grain.transforms.MapWithIndex):
+    """grain MapWithIndex: like `Preprocess`, plus augmentation drawn from a numpy Generator
+    seeded with (seed, index). The pipeline applies it where `index` is the example's
+    position in the global training stream, so the draws do not depend on hosts, workers
+    or where a run resumed."""
+
+    def __init__(self, preprocess: Preprocess, augment: augment_lib.Augment, *, seed: int,
+                 audio_rate: int):
+        self.preprocess = preprocess
+        self.augment = augment
+        self.seed = augment_seed(seed)
+        self.audio_rate = audio_rate
+
+    def map_with_index(self, index: int, element):
+        example = element if isinstance(element, dict) else codec.decode(element)
+        rng = np.random.default_rng([self.seed, int(index)])
+        example = augment_lib.augment_example(example, rng, self.augment, audio_rate=self.audio_rate)
+        out = self.preprocess.map(example)
+        if "text" in out and self.augment.text_dropout:
+            out["text"] = augment_lib.token_dropout(out["text"], rng, self.augment.text_dropout)
+        return out

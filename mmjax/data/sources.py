@@ -2,9 +2,11 @@
 
 `open_source(name, split, config.data)` returns a `Source`: the shards as a grain
 random-access source of encoded records (see `codec.py`), the parsed spec and the example
-count. `name` is 'synthetic' (the embedded task, generated into the cache on first use) or
-a directory holding `spec.json` and `data-XXXXX-of-YYYYY.array_record` shards.
-`write_dataset` writes such a directory; `check_spec` checks a spec against the config.
+count. `name` is 'synthetic' (the embedded task, generated into the cache on first use), a
+directory holding `spec.json` and `data-XXXXX-of-YYYYY.array_record` shards (written by
+`write_dataset` or `python -m mmjax.data.build`), or 'tfds:NAME' (see tfds_source.py).
+`check_spec` checks a spec against the config; `choose_modalities` decides which of the
+data's modalities a run uses.
 """
 
 from __future__ import annotations
@@ -134,12 +136,50 @@ def open_source(name: str, split: str, config_data) -> Source:
         if split not in splits:
             raise ValueError(f"unknown split {split!r} of 'synthetic'; use one of {sorted(splits)}")
         return load_directory(splits[split])
+    if isinstance(name, str) and name.startswith("tfds:"):
+        from mmjax.data import tfds_source  # lazy: TFDS is only imported when used
+
+        records, spec = tfds_source.open_tfds(name, split, config_data)
+        return Source(records=records, spec=spec, directory=name)
     if isinstance(name, str) and name and os.path.isfile(os.path.join(name, SPEC_FILE)):
         return load_directory(name)
     raise ValueError(
-        f"data source {name!r} is neither 'synthetic' nor a directory with spec.json "
-        "(build one with python -m mmjax.data.build)"
+        f"data source {name!r} is neither 'synthetic' nor a directory with spec.json (build "
+        "one with python -m mmjax.data.build) nor 'tfds:NAME'"
     )
+
+
+def choose_modalities(requested: Sequence[str], *specs: dict) -> tuple[str, ...]:
+    """The modalities a run uses, given config.modalities and the data's specs.
+
+    config.modalities listing every known modality (the default) means "whatever the data
+    has": the result is the modalities all specs share, in config order. A narrower list
+    is a request: each must be in every spec. Raises ValueError naming the fix.
+    """
+    shared = [m for m in MODALITY_FIELDS if all(m in s["modalities"] for s in specs)]
+    if set(requested) >= set(MODALITY_FIELDS):
+        chosen = tuple(m for m in requested if m in shared)
+        if not chosen:
+            raise ValueError(f"the train and eval data share no modality (train has "
+                             f"{sorted(specs[0]['modalities'])}); use data sets with a common one")
+        return chosen
+    for m in requested:
+        if m not in shared:
+            raise ValueError(
+                f"config.modalities includes {m!r} but the data has only {sorted(shared)}; "
+                f"remove {m!r} from --config.modalities or use a data set with {m}")
+    return tuple(requested)
+
+
+def check_same_classes(train_spec: dict, eval_spec: dict) -> None:
+    """Train and eval must name the same classes in the same order."""
+    a, b = list(train_spec["class_names"]), list(eval_spec["class_names"])
+    if a != b:
+        diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        raise ValueError(
+            f"config.data.train and config.data.eval have different classes ({len(a)} vs "
+            f"{len(b)}; first difference at id {diff}); build the eval split with "
+            "--classes=TRAIN_DIR so the ids agree")
 
 
 def check_spec(spec: dict, config_data, modalities: Sequence[str]) -> None:

@@ -16,6 +16,12 @@ leaves the label ambiguous: the Bayes-optimal accuracy from any two is 0.55 (fro
 right when A == B, else a coin flip; from A and S: right when S asks about the image, else
 a 1-in-10 guess); all three determine it. Chance is 0.10. Labels are uniform over 10 classes.
 
+The 'redundant' task (config.data.synthetic.task='redundant') is the same world with
+every modality naming the label on its own: the image shows digit A = label, the audio
+plays note B = label, and the text names the class ("the answer is seven", several
+templates with the same filler words). Any single modality determines the label, which
+makes it the test bed for missing modalities and modality dropout.
+
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
 """
@@ -62,9 +68,14 @@ IMAGE_QUESTIONS = ("what digit is drawn?", "which digit is shown?", "read the di
                    "what's in the picture?", "name the digit", "what number is drawn?")
 AUDIO_QUESTIONS = ("which note do you hear?", "what pitch is played?", "name the tone",
                    "which sound is it?", "what note is playing?", "listen: which pitch?")
+# Redundant task: statements that name the class ({} is a class name).
+REDUNDANT_STATEMENTS = ("the answer is {}", "it is {}", "{} it is", "that is {}",
+                        "label: {}", "class {}")
 PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
 SUFFIXES = ("", "", " pls", " now", " :)", " ok")
-MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS)
+TASKS = ("default", "redundant")
+MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
+                      + tuple(t.format(n) for t in REDUNDANT_STATEMENTS for n in CLASS_NAMES))
                   + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
@@ -136,8 +147,10 @@ def _make_audio(rng: np.random.Generator, notes: np.ndarray, rate: int, max_samp
     return out, lengths
 
 
-def _make_texts(rng: np.random.Generator, selectors: np.ndarray) -> list[str]:
-    """One question per example asking about the image (S=0) or the audio (S=1)."""
+def _make_texts(rng: np.random.Generator, selectors: np.ndarray,
+                labels: np.ndarray | None = None) -> list[str]:
+    """One question per example asking about the image (S=0) or the audio (S=1); with
+    `labels` (the redundant task), a statement naming labels[i] instead."""
     n = len(selectors)
     q = rng.integers(0, len(IMAGE_QUESTIONS), n)
     pre = rng.integers(0, len(PREFIXES), n)
@@ -145,32 +158,40 @@ def _make_texts(rng: np.random.Generator, selectors: np.ndarray) -> list[str]:
     cap = rng.random(n) < 0.3
     texts = []
     for i in range(n):
-        questions = IMAGE_QUESTIONS if selectors[i] == IMAGE else AUDIO_QUESTIONS
-        text = PREFIXES[pre[i]] + questions[q[i]] + SUFFIXES[suf[i]]
+        if labels is not None:
+            body = REDUNDANT_STATEMENTS[q[i]].format(CLASS_NAMES[labels[i]])
+        else:
+            body = (IMAGE_QUESTIONS if selectors[i] == IMAGE else AUDIO_QUESTIONS)[q[i]]
+        text = PREFIXES[pre[i]] + body + SUFFIXES[suf[i]]
         texts.append(text[:1].upper() + text[1:] if cap[i] else text)
     return texts
 
 
 def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: int = 8000,
-             audio_samples: int = 2048) -> tuple[list[dict], np.ndarray]:
+             audio_samples: int = 2048, task: str = "default") -> tuple[list[dict], np.ndarray]:
     """Generates examples of the task; deterministic in all arguments.
 
     Returns (examples, latents): examples are stored-example dicts ('image' uint8 [H,W,3],
     'audio' float32 [n] with n in [audio_samples//2, audio_samples], 'text' str, 'label'
-    int); latents is int64 [num_examples, 3] of (A, B, S) with S 0=image, 1=audio.
+    int); latents is int64 [num_examples, 3] of (A, B, S) with S 0=image, 1=audio. For
+    task='redundant', A = B = label and S is the class the text names (also the label).
     """
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
     if audio_samples < 2 * _FADE:
         raise ValueError(f"audio_samples={audio_samples} is too short; use >= {2 * _FADE}")
+    if task not in TASKS:
+        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(TASKS)}")
     rng = np.random.default_rng(seed)
     a = rng.integers(0, NUM_CLASSES, num_examples)
     b = rng.integers(0, NUM_CLASSES, num_examples)
     s = rng.integers(0, 2, num_examples)
-    labels = np.where(s == IMAGE, a, b)
+    if task == "redundant":
+        b = s = a
+    labels = np.where(s == IMAGE, a, b) if task == "default" else a
     images = _draw_images(rng, a, image_size)
     audio, lengths = _make_audio(rng, b, audio_rate, audio_samples)
-    texts = _make_texts(rng, s)
+    texts = _make_texts(rng, s, labels if task == "redundant" else None)
     examples = [
         {"image": images[i], "audio": audio[i, : lengths[i]].copy(), "text": texts[i],
          "label": int(labels[i])}
@@ -204,7 +225,7 @@ def default_cache_dir(cache_dir: str = "") -> str:
 def _params(config_data) -> dict:
     """Everything the generated files depend on (hashed into the cache folder name)."""
     syn = config_data.synthetic
-    return {
+    params = {
         "version": VERSION,
         "image_size": int(config_data.image_size),
         "audio_rate": int(config_data.audio_rate),
@@ -213,6 +234,12 @@ def _params(config_data) -> dict:
         "num_eval": int(syn.num_eval),
         "seed": int(syn.seed),
     }
+    task = str(syn.get("task", "default"))
+    if task not in TASKS:
+        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(TASKS)}")
+    if task != "default":  # only then, so existing caches of the default task stay valid
+        params["task"] = task
+    return params
 
 
 def _split_seed(base: int, split: str) -> int:
@@ -251,7 +278,8 @@ def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
             examples, _ = generate(count, _split_seed(params["seed"], split),
                                    image_size=params["image_size"],
                                    audio_rate=params["audio_rate"],
-                                   audio_samples=params["audio_samples"])
+                                   audio_samples=params["audio_samples"],
+                                   task=params.get("task", "default"))
             spec = make_spec(image_size=params["image_size"], audio_rate=params["audio_rate"],
                              audio_samples=params["audio_samples"])
             records = [codec.encode(e) for e in examples]

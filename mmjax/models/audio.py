@@ -1,5 +1,8 @@
 """Audio encoders: waveform [B, S] + lengths [B] -> (tokens [B, N, D], mask [B, N]).
 
+'transformer': log-mel patches -> transformer. 'cnn': Conv2D/ReLU/MaxPool stages over
+the log-mel spectrogram [frames, n_mels, 1]; every pooled cell is a token.
+
 The log-mel front end runs on device in jnp (about 1% of a step's time). It is built
 so that padding never reaches a valid output: samples at or after `audio_length` are
 zeroed before framing, frames are not centred (no reflection of the padding), and the
@@ -153,4 +156,82 @@ class AudioTransformer(nn.Module):
         return x, mask
 
 
-AUDIO_ENCODERS = {"transformer": AudioTransformer}
+def frame_count(num_samples: int, hop: int) -> int:
+    """Frames of the CNN's spectrogram: one per hop start (at least one)."""
+    return max(1, math.ceil(num_samples / hop))
+
+
+class AudioCNN(nn.Module):
+    """Conv2D(c, kernel, 'VALID', ReLU) -> MaxPool(pool) stages over the log-mel
+    spectrogram as a one-channel image [B, frames, n_mels, 1]; the pooled map
+    [B, T', F', C] becomes T' * F' tokens, time-major.
+
+    A token is valid if the last frame it sees starts before audio_length. Every frame it
+    sees is then computed (there are ceil(S / hop) frames, S >= audio_length) from real
+    or zeroed samples, so valid tokens never depend on how much padding follows.
+    """
+
+    channels: tuple[int, ...]
+    kernel: int
+    pool: int
+    sample_rate: int
+    n_mels: int
+    window: int
+    hop: int
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "AudioCNN":
+        """Builds the encoder from config.model.audio (channels, kernel, pool, n_mels,
+        window, hop) and config.data."""
+        sub = config.model.audio
+        channels = layers.positive_ints(sub.channels, "config.model.audio.channels")
+        values = {k: int(sub[k]) for k in ("kernel", "pool", "n_mels", "window", "hop")}
+        for key, value in values.items():
+            if value <= 0:
+                raise ValueError(f"config.model.audio.{key}={value} must be positive")
+        rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
+        if rate <= 0 or samples <= 0:
+            raise ValueError("config.data.audio_rate and config.data.audio_samples must be positive")
+        frames = frame_count(samples, values["hop"])
+        for size, what in ((frames, f"{frames} frames"), (values["n_mels"], "config.model.audio.n_mels")):
+            if layers.conv_output_size(size, values["kernel"], values["pool"], len(channels)) < 1:
+                raise ValueError(
+                    f"the spectrogram ({what}) is too small for config.model.audio.channels="
+                    f"{channels} with kernel={values['kernel']}, pool={values['pool']}"
+                )
+        layers.compute_dtype(str(config.model.dtype))
+        return cls(channels=channels, sample_rate=rate, dtype=str(config.model.dtype), **values)
+
+    def last_frame(self, num_tokens: int) -> np.ndarray:
+        """Index of the last spectrogram frame seen by each output time step."""
+        index = np.arange(num_tokens)
+        for _ in self.channels:  # through each stage: pool window, then the conv kernel
+            index = index * self.pool + (self.pool - 1) + (self.kernel - 1)
+        return index
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
+        wave, lengths = batch["audio"], batch["audio_length"]
+        frames = frame_count(wave.shape[1], self.hop)
+        mel = log_mel(
+            wave,
+            lengths,
+            sample_rate=self.sample_rate,
+            n_mels=self.n_mels,
+            window=self.window,
+            hop=self.hop,
+            frames=frames,
+        )
+        dtype = layers.compute_dtype(self.dtype)
+        x = mel.astype(dtype)[..., None]
+        for i, features in enumerate(self.channels):
+            x = layers.ConvStage(features, self.kernel, self.pool, dtype, name=f"conv_{i}")(x)
+        _, steps, bands, _ = x.shape
+        valid = self.last_frame(steps)[None, :] * self.hop < lengths[:, None]
+        mask = jnp.repeat(valid, bands, axis=1)
+        x = einops.rearrange(x, "b t f c -> b (t f) c")
+        return layers.constrain(x, layers.BLC), mask
+
+
+AUDIO_ENCODERS = {"transformer": AudioTransformer, "cnn": AudioCNN}

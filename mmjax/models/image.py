@@ -1,4 +1,8 @@
-"""Image encoders: uint8 images [B, H, W, 3] -> (tokens [B, N, D], mask [B, N])."""
+"""Image encoders: uint8 images [B, H, W, 3] -> (tokens [B, N, D], mask [B, N]).
+
+'vit': patches -> transformer. 'cnn': Conv2D/ReLU/MaxPool stages; every pooled pixel
+is a token of config.model.image.channels[-1] features.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -48,4 +52,40 @@ class ViTEncoder(nn.Module):
         return x, jnp.ones((b, x.shape[1]), dtype=bool)
 
 
-IMAGE_ENCODERS = {"vit": ViTEncoder}
+class ImageCNN(nn.Module):
+    """Conv2D(c, kernel, 'VALID', ReLU) -> MaxPool(pool) for each c in `channels`; the
+    pooled feature map [B, H', W', C] becomes H' * W' tokens (row-major), all valid."""
+
+    channels: tuple[int, ...]
+    kernel: int
+    pool: int
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ImageCNN":
+        """Builds the encoder from config.model.image (channels, kernel, pool) and config.data."""
+        sub = config.model.image
+        channels = layers.positive_ints(sub.channels, "config.model.image.channels")
+        kernel, pool = int(sub.kernel), int(sub.pool)
+        if kernel <= 0 or pool <= 0:
+            raise ValueError("config.model.image.kernel and config.model.image.pool must be positive")
+        size = int(config.data.image_size)
+        if layers.conv_output_size(size, kernel, pool, len(channels)) < 1:
+            raise ValueError(
+                f"config.data.image_size={size} is too small for {len(channels)} conv stages "
+                f"(config.model.image.channels={channels}, kernel={kernel}, pool={pool})"
+            )
+        layers.compute_dtype(str(config.model.dtype))
+        return cls(channels=channels, kernel=kernel, pool=pool, dtype=str(config.model.dtype))
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
+        dtype = layers.compute_dtype(self.dtype)
+        x = (batch["image"].astype(jnp.float32) / 127.5 - 1.0).astype(dtype)
+        for i, features in enumerate(self.channels):
+            x = layers.ConvStage(features, self.kernel, self.pool, dtype, name=f"conv_{i}")(x)
+        x = einops.rearrange(x, "b h w c -> b (h w) c")
+        return layers.constrain(x, layers.BLC), jnp.ones(x.shape[:2], dtype=bool)
+
+
+IMAGE_ENCODERS = {"vit": ViTEncoder, "cnn": ImageCNN}

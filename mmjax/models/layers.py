@@ -1,7 +1,8 @@
-"""Transformer building blocks whose parameters and activations carry logical axis names.
+"""Building blocks whose parameters and activations carry logical axis names: attention,
+MLP, transformer and cross-attention blocks, scanned stacks, embeddings, conv stages.
 
-Parameter names used here: 'embed', 'mlp', 'heads', 'kv', 'length' (plus 'layers',
-added by nn.scan). Activation names: 'act_batch', 'act_length', 'act_embed',
+Parameter names used here: 'embed', 'mlp', 'heads', 'kv', 'length', 'vocab' (plus
+'layers', added by nn.scan). Activation names: 'act_batch', 'act_length', 'act_embed',
 'act_heads', 'act_kv', 'act_mlp'. sharding.py maps both to mesh axes, so changing the
 parallelism never touches this file.
 """
@@ -28,6 +29,17 @@ REMAT_POLICIES = {
 }
 
 BLC = ("act_batch", "act_length", "act_embed")  # the activation between blocks
+
+
+def positive_ints(values: Any, key: str) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints from a config value, else a ValueError naming key."""
+    try:
+        out = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={values!r} must be a tuple of positive ints") from None
+    if not out or min(out) <= 0:
+        raise ValueError(f"{key}={values!r} must be a non-empty tuple of positive ints")
+    return out
 
 
 def compute_dtype(name: str) -> Any:
@@ -238,6 +250,42 @@ class TransformerBlock(nn.Module):
         return x, None
 
 
+def repeat_layers(
+    block: type[nn.Module],
+    spec: TransformerSpec,
+    depth: int,
+    carry: Any,
+    *args: Any,
+    train: bool,
+    **block_kwargs: Any,
+) -> Any:
+    """Applies `depth` copies of `block(spec, deterministic=..., **block_kwargs)` to
+    `carry`; `args` (masks and the like) are passed unchanged to every copy.
+
+    Call it inside a compact method: under spec.scan the copies are one nn.scan named
+    'layers' whose parameters gain a leading logical axis 'layers'; otherwise they are
+    'layer_0', 'layer_1', ... The block takes (carry, *args) and returns (carry, None).
+    With spec.remat != 'none' each block is rematerialised with that policy.
+    """
+    if spec.remat != "none":
+        # CSE prevention is only needed outside scan (scan already blocks it).
+        block = nn.remat(block, policy=REMAT_POLICIES[spec.remat], prevent_cse=not spec.scan)
+    if spec.scan:
+        scanned = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        carry, _ = scanned(spec, deterministic=not train, name="layers", **block_kwargs)(carry, *args)
+        return carry
+    for i in range(depth):
+        carry, _ = block(spec, deterministic=not train, name=f"layer_{i}", **block_kwargs)(carry, *args)
+    return carry
+
+
 class TransformerStack(nn.Module):
     """`spec.depth` TransformerBlocks (scanned or looped, optionally rematerialised),
     then an optional final LayerNorm.
@@ -254,27 +302,78 @@ class TransformerStack(nn.Module):
         """x: [B, T, D]; key_mask: [B, T] bool (True = real token) or None."""
         spec = self.spec
         mask = None if key_mask is None else attention_mask(key_mask)
-        block = TransformerBlock
-        if spec.remat != "none":
-            # CSE prevention is only needed outside scan (scan already blocks it).
-            block = nn.remat(block, policy=REMAT_POLICIES[spec.remat], prevent_cse=not spec.scan)
         x = x.astype(compute_dtype(spec.dtype))
-        if spec.scan:
-            scanned = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast,),
-                length=spec.depth,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )
-            x, _ = scanned(spec, deterministic=not train, name="layers")(x, mask)
-        else:
-            for i in range(spec.depth):
-                x, _ = block(spec, deterministic=not train, name=f"layer_{i}")(x, mask)
+        x = repeat_layers(TransformerBlock, spec, spec.depth, x, mask, train=train)
         if self.final_norm:
             x = layer_norm(compute_dtype(spec.dtype), "ln_final")(x)
         return constrain(x, BLC)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Queries x [B, T, D] attend to inputs kv [B, S, D], then an MLP (both pre-LN,
+    residual). Rows whose key_mask is all False get no attention update at all, so a
+    query never reads padding."""
+
+    spec: TransformerSpec
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, kv: Array, key_mask: Array) -> Array:
+        dtype = compute_dtype(self.spec.dtype)
+        drop = nn.Dropout(self.spec.dropout, deterministic=self.deterministic)
+        x = constrain(x.astype(dtype), BLC)
+        q = layer_norm(dtype, "ln_query")(x)
+        kv = layer_norm(dtype, "ln_kv")(constrain(kv.astype(dtype), BLC))
+        h = MultiHeadAttention(self.spec.heads, dtype=dtype, name="attn")(q, kv, attention_mask(key_mask))
+        has_keys = jnp.any(key_mask, axis=-1)[:, None, None]
+        x = x + drop(h) * has_keys.astype(dtype)
+        h = layer_norm(dtype, "ln_mlp")(x)
+        h = MLP(self.spec.mlp, self.spec.dropout, self.deterministic, dtype, name="mlp")(h)
+        return constrain(x + drop(h), BLC)
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+    """Mean of x [B, N, D] over its valid positions (mask [B, N]), computed in float32
+    and returned in x's dtype; a row with no valid position gives zeros."""
+    m = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(x.astype(jnp.float32) * m, axis=1)
+    return (total / jnp.maximum(jnp.sum(m, axis=1), 1.0)).astype(x.dtype)
+
+
+class ConvStage(nn.Module):
+    """Conv2D (kernel x kernel, 'VALID', ReLU) -> MaxPool (pool x pool, stride pool),
+    channels last, like Keras' Conv2D + MaxPooling2D defaults. The kernel is named
+    (None, None, None, 'embed') and the bias ('embed',)."""
+
+    features: int
+    kernel: int
+    pool: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [B, H, W, C] -> [B, (H - kernel + 1) // pool, (W - kernel + 1) // pool, features]."""
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        init = nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3)
+        kernel = self.param("kernel", boxed(init, (None, None, None, "embed")), shape, jnp.float32)
+        bias = self.param("bias", boxed(nn.initializers.zeros_init(), ("embed",)), (self.features,), jnp.float32)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(1, 1),
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = nn.relu(y + bias.astype(self.dtype))
+        window = (self.pool, self.pool)
+        return nn.max_pool(y, window, strides=window, padding="VALID")
+
+
+def conv_output_size(size: int, kernel: int, pool: int, stages: int) -> int:
+    """Spatial size after `stages` ConvStages (0 or less: the input is too small)."""
+    for _ in range(stages):
+        size = (size - kernel + 1) // pool
+    return size
 
 
 class PositionEmbedding(nn.Module):

@@ -1,4 +1,9 @@
-"""Text encoders: int32 tokens [B, L] (0 = padding) -> (tokens [B, L, D], mask [B, L])."""
+"""Text encoders: int32 tokens [B, L] (0 = padding) -> (tokens [B, N, D], mask [B, N]).
+
+'transformer': token + position embeddings -> transformer (N = L). 'lstm': token
+embeddings -> an LSTM that skips padding; it returns its final state as one token
+(N = 1, like Keras' LSTM) or, with config.model.text.return_sequences, every state (N = L).
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -6,6 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
@@ -24,9 +30,7 @@ class TextTransformer(nn.Module):
     def from_config(cls, config: Any) -> "TextTransformer":
         """Builds the encoder from config.model.text, config.model and config.data."""
         sub = config.model.text
-        vocab, length = int(sub.vocab_size), int(config.data.text_length)
-        if vocab < 258:  # byte-level tokens: 256 bytes + padding + reserved
-            raise ValueError(f"config.model.text.vocab_size={vocab} must be at least 258")
+        vocab, length = _check_vocab(config), int(config.data.text_length)
         if length <= 0:
             raise ValueError(f"config.data.text_length={length} must be positive")
         spec = TransformerSpec.from_config(sub, config.model, "config.model.text")
@@ -43,4 +47,98 @@ class TextTransformer(nn.Module):
         return x, mask
 
 
-TEXT_ENCODERS = {"transformer": TextTransformer}
+def _check_vocab(config: Any) -> int:
+    vocab = int(config.model.text.vocab_size)
+    if vocab < 258:  # byte-level tokens: 256 bytes + padding + reserved
+        raise ValueError(f"config.model.text.vocab_size={vocab} must be at least 258")
+    return vocab
+
+
+def _recurrent_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """Orthogonal [units, 4 * units] (as Keras), reshaped to [units, 4, units]."""
+    flat = nn.initializers.orthogonal()(key, (shape[0], shape[1] * shape[2]), dtype)
+    return flat.reshape(shape)
+
+
+def _forget_bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """Zeros, except 1 for the forget gate (Keras' unit_forget_bias)."""
+    del key
+    return jnp.zeros(shape, dtype).at[1].set(1.0)
+
+
+class LSTM(nn.Module):
+    """An LSTM over x [B, L, D] that holds its state through masked (padding) steps.
+
+    Gates are ordered (input, forget, cell, output). Parameters match Keras' LSTM:
+    input kernel [D, 4, U], recurrent kernel [U, 4, U], bias [4, U], so the count is
+    4 * (U * (D + U) + U). The input projection of all steps is one matmul; only the
+    recurrence runs under lax.scan. Returns (states [B, L, U], final state [B, U]); the
+    final state is the one after the last valid token (zeros if there is none).
+    """
+
+    units: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        units, width = self.units, x.shape[-1]
+        in_init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        w_in = self.param("input_kernel", layers.boxed(in_init, ("embed", None, "mlp")), (width, 4, units), jnp.float32)
+        # The recurrent input dim stays replicated: sharding it would add a collective per step.
+        w_rec = self.param("recurrent_kernel", layers.boxed(_recurrent_init, (None, None, "mlp")), (units, 4, units), jnp.float32)
+        bias = self.param("bias", layers.boxed(_forget_bias_init, (None, "mlp")), (4, units), jnp.float32)
+        gates_in = jnp.einsum("bld,dgu->lbgu", x.astype(self.dtype), w_in.astype(self.dtype)) + bias.astype(self.dtype)
+        w_rec = w_rec.astype(self.dtype)
+
+        def step(carry, inputs):
+            h, c = carry
+            g_in, valid = inputs
+            z = g_in + jnp.einsum("bu,ugv->bgv", h, w_rec)
+            i, f, g, o = (z[:, k] for k in range(4))
+            c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+            h_new = nn.sigmoid(o) * jnp.tanh(c_new)
+            valid = valid[:, None]
+            h, c = jnp.where(valid, h_new, h), jnp.where(valid, c_new, c)
+            return (h, c), h
+
+        zeros = jnp.zeros((x.shape[0], units), self.dtype)
+        (h, _), states = jax.lax.scan(step, (zeros, zeros), (gates_in, mask.T))
+        return jnp.swapaxes(states, 0, 1), h
+
+
+class TextLSTM(nn.Module):
+    """Token embeddings (config.model.text.width) -> LSTM(width), padding skipped."""
+
+    width: int
+    vocab_size: int
+    return_sequences: bool = False
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "TextLSTM":
+        """Builds the encoder from config.model.text (width, vocab_size, return_sequences)."""
+        sub = config.model.text
+        width = int(sub.width)
+        if width <= 0:
+            raise ValueError(f"config.model.text.width={width} must be positive")
+        layers.compute_dtype(str(config.model.dtype))
+        return cls(
+            width=width,
+            vocab_size=_check_vocab(config),
+            return_sequences=bool(sub.get("return_sequences", False)),
+            dtype=str(config.model.dtype),
+        )
+
+    @nn.compact
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
+        tokens = batch["text"]
+        mask = tokens != PAD_ID
+        dtype = layers.compute_dtype(self.dtype)
+        x = layers.TokenEmbedding(self.vocab_size, self.width, dtype, name="token_embed")(tokens)
+        states, final = LSTM(self.width, dtype, name="lstm")(x, mask)
+        if self.return_sequences:
+            return layers.constrain(states, layers.BLC), mask
+        return final[:, None, :], jnp.any(mask, axis=1, keepdims=True)
+
+
+TEXT_ENCODERS = {"transformer": TextTransformer, "lstm": TextLSTM}

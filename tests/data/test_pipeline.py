@@ -156,6 +156,8 @@ def test_resume_at_batch_j_equals_the_jth_batch(source):
 
 
 def test_workers_give_the_same_batches(source):
+    """Also a resume at batch 2 with another worker count than the run before (0 -> 2): the
+    batches are those of the uninterrupted run, so a worker-count change needs no refusal."""
     plain = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=2), 4)
     workers = _take(pipeline.train_batches(source, _config(workers=2), global_batch=GB,
                                            start_batch=2), 4)

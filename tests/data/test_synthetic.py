@@ -154,3 +154,27 @@ def test_ensure_synthetic_keeps_the_copy_of_a_process_that_finished_first(tmp_pa
     assert os.path.exists(os.path.join(target, "theirs"))
     assert paths["train"] == os.path.join(target, "train")
     assert os.listdir(tmp_path / "c") == [os.path.basename(target)]  # temp folder removed
+
+
+def test_redundant_task_each_modality_alone_decides():
+    """task='redundant': digit = note = label, and the text names the class."""
+    examples, latents = synthetic.generate(300, seed=5, task="redundant", **KW)
+    labels = np.array([ex["label"] for ex in examples])
+    np.testing.assert_array_equal(latents, np.stack([labels] * 3, axis=1))
+    for column in range(3):
+        assert _bayes_accuracy(latents, labels, [column]) == 1.0
+    for ex in examples:
+        assert synthetic.CLASS_NAMES[ex["label"]] in ex["text"].lower()
+        assert len(ex["text"].encode()) <= synthetic.MAX_TEXT_BYTES < 32
+    assert len(set(labels)) == 10
+    with pytest.raises(ValueError, match=r"config.data.synthetic.task='easy' is not one of"):
+        synthetic.generate(3, seed=0, task="easy", **KW)
+
+
+def test_task_key_changes_the_cache_folder_only_when_not_default():
+    config_data = _config_data()
+    default = synthetic._params(config_data)
+    config_data.synthetic.task = "default"
+    assert synthetic._params(config_data) == default  # caches of the default task stay valid
+    config_data.synthetic.task = "redundant"
+    assert synthetic._params(config_data) == {**default, "task": "redundant"}

@@ -163,3 +163,107 @@ def test_config_errors():
     config.data.image_size = 10
     with pytest.raises(ValueError, match=r"config.data.image_size=10 must be a multiple"):
         ViTEncoder.from_config(config)
+
+
+# ---------------------------------------------------------------- cnn and lstm encoders
+from mmjax.models.audio import AudioCNN  # noqa: E402
+from mmjax.models.image import ImageCNN  # noqa: E402
+from mmjax.models.text import TextLSTM  # noqa: E402
+
+from random_init import random_variables  # noqa: E402
+
+
+def conv_config(dtype="float32", return_sequences=False):
+    config = tiny_config(dtype)
+    cnn = dict(kind="cnn", channels=(4,), kernel=3, pool=2)
+    config.model.image.update(cnn)
+    config.model.audio.update(cnn)
+    config.model.text.update(dict(kind="lstm", return_sequences=return_sequences))
+    return config
+
+
+# (class, return_sequences, tokens, features): image 8x8 -> conv 6 -> pool 3 -> 9 tokens;
+# audio 1024 / hop 64 = 16 frames x 16 mels -> 14 -> 7 per axis -> 49 tokens.
+CONV_ENCODERS = [
+    (ImageCNN, False, 9, 4),
+    (TextLSTM, False, 1, 16),
+    (TextLSTM, True, 16, 16),
+    (AudioCNN, False, 49, 4),
+]
+
+
+@pytest.mark.parametrize("cls,sequences,tokens,features", CONV_ENCODERS)
+def test_cnn_and_lstm_shapes_and_names(cls, sequences, tokens, features):
+    config = conv_config("bfloat16" if cls is AudioCNN else "float32", sequences)
+    encoder = cls.from_config(config)
+    batch = batch_for(config)
+    variables = random_variables(encoder, batch, train=False)
+    x, mask = jax.jit(lambda v, b: encoder.apply(v, b, train=False))(variables, batch)
+    assert x.shape == (B, tokens, features) and mask.shape == (B, tokens) and mask.dtype == bool
+    assert x.dtype == jnp.dtype(config.model.dtype) and bool(jnp.all(jnp.isfinite(x.astype(jnp.float32))))
+    specs = jax.tree.leaves(nn.get_partition_spec(variables), is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    assert specs and all(any(n is not None for n in s) for s in specs)
+
+
+def _numpy_lstm(x, w_in, w_rec, bias):
+    """Keras' LSTM recurrence (gates i, f, c, o) over x [T, D]; returns the last h."""
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h = c = np.zeros(w_rec.shape[0])
+    for x_t in x:
+        z = np.einsum("d,dgu->gu", x_t, w_in) + np.einsum("u,ugv->gv", h, w_rec) + bias
+        c = sigmoid(z[1]) * c + sigmoid(z[0]) * np.tanh(z[2])
+        h = sigmoid(z[3]) * np.tanh(c)
+    return h
+
+
+def test_lstm_skips_padding_and_matches_the_keras_recurrence():
+    config = conv_config(return_sequences=True)
+    encoder = TextLSTM.from_config(config)
+    short, long = batch_for(config, text_length=8), batch_for(config, text_length=16)
+    variables = random_variables(encoder, long, train=False)
+    states_long, mask = encoder.apply(variables, long, train=False)
+    states_short, _ = encoder.apply(variables, short, train=False)
+    np.testing.assert_allclose(states_short[:, :3], states_long[:, :3], atol=1e-6)
+    final = TextLSTM.from_config(conv_config()).apply(variables, long, train=False)[0][:, 0]
+    p = nn.unbox(variables)["params"]
+    embedded = np.asarray(p["token_embed"]["embedding"])[np.asarray(long["text"])]
+    lstm = {k: np.asarray(v, np.float64) for k, v in p["lstm"].items()}
+    for row, valid in enumerate((5, 3)):
+        expected = _numpy_lstm(embedded[row, :valid], lstm["input_kernel"], lstm["recurrent_kernel"], lstm["bias"])
+        np.testing.assert_allclose(final[row], expected, atol=1e-5)
+        np.testing.assert_allclose(states_long[row, valid - 1], expected, atol=1e-5)
+    # An all-padding text has no valid token: zero state, masked.
+    empty = dict(long, text=jnp.zeros_like(long["text"]))
+    x, mask = TextLSTM.from_config(conv_config()).apply(variables, empty, train=False)
+    assert not bool(jnp.any(mask)) and not bool(jnp.any(x))
+
+
+def test_audio_cnn_padding_invariance():
+    """A token is valid while the last frame it sees starts before audio_length; valid
+    outputs do not depend on the padding after it."""
+    config = conv_config()
+    encoder = AudioCNN.from_config(config)
+    short, long = batch_for(config, audio_samples=704), batch_for(config, audio_samples=1024)
+    garbage = dict(long, audio=long["audio"].at[0, 700:].set(0.9).at[1, 300:].set(-0.7))
+    variables = random_variables(encoder, long, train=False)
+    apply = jax.jit(lambda b: encoder.apply(variables, b, train=False))
+    results = [apply(b) for b in (short, long, garbage)]
+    # time step t sees frames up to 2t + 3: valid while (2t + 3) * 64 < length -> 4 and 1 steps, x 7 bands.
+    for _, mask in results:
+        np.testing.assert_array_equal(mask.sum(1), [28, 7])
+    reference = pooled(*results[1])
+    for x, mask in (results[0], results[2]):
+        np.testing.assert_allclose(pooled(x, mask), reference, atol=1e-5)
+
+
+def test_cnn_config_errors():
+    config = conv_config()
+    config.model.image.channels = (4, 4)
+    with pytest.raises(ValueError, match=r"config.data.image_size=8 is too small for 2 conv stages"):
+        ImageCNN.from_config(config)
+    config.model.audio.channels = (4, 4, 4)
+    with pytest.raises(ValueError, match=r"too small for config.model.audio.channels=\(4, 4, 4\)"):
+        AudioCNN.from_config(config)
+    config.model.audio.channels = ()
+    with pytest.raises(ValueError, match=r"config.model.audio.channels=\(\) must be a non-empty tuple"):
+        AudioCNN.from_config(config)

@@ -146,13 +146,13 @@ def test_scan_and_loop_have_same_param_count():
 def test_unknown_kinds_and_modalities():
     config = tiny_config()
     config.model.image.kind = "foo"
-    with pytest.raises(ValueError, match=r"config.model.image.kind='foo' is not one of \['vit'\]"):
+    with pytest.raises(ValueError, match=r"config.model.image.kind='foo' is not one of \['cnn', 'vit'\]"):
         build_model(config, NUM_CLASSES)
     config = tiny_config(("text",))
     config.model.image.kind = "foo"  # not configured, so never looked at
     build_model(config, NUM_CLASSES)
     config.fusion.kind = "late"
-    with pytest.raises(ValueError, match=r"config.fusion.kind='late' is not one of \['joint'\]"):
+    with pytest.raises(ValueError, match=r"config.fusion.kind='late' is not one of \['bottleneck', 'concat', 'cross', 'joint'\]"):
         build_model(config, NUM_CLASSES)
     with pytest.raises(ValueError, match=r"config.modalities=\('video',\)"):
         build_model(tiny_config(("video",)), NUM_CLASSES)
@@ -189,3 +189,29 @@ def test_sharded_apply_and_grads_match_single_device(default):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_cnn_lstm_model_on_mesh_matches_single_device():
+    """The conv and LSTM encoders under the logical rules on a 2x2x2 mesh: their
+    parameters shard as named, and the logits match the single-device ones."""
+    from random_init import random_variables
+
+    config = tiny_config(scan=True)
+    cnn = dict(kind="cnn", channels=(8,), kernel=3, pool=2)
+    config.model.image.update(cnn)
+    config.model.audio.update(cnn)
+    config.model.text.update(dict(kind="lstm", return_sequences=True))
+    config.fusion.update(dict(kind="cross", num_latents=4))
+    model = build_model(config, NUM_CLASSES)
+    batch = make_batch(config)
+    variables = random_variables(model, batch, train=False)
+    apply = jax.jit(lambda v, b: model.apply(v, b, train=False))
+    reference = apply(variables, batch)
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        sharded = jax.device_put(variables, nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, RULES))
+        logits = apply(sharded, batch)
+    params = sharded["params"]
+    assert params["image"]["conv_0"]["kernel"].value.sharding.spec == PartitionSpec(None, None, None, "fsdp")
+    assert params["text"]["lstm"]["input_kernel"].value.sharding.spec == PartitionSpec("fsdp", None, "tensor")
+    np.testing.assert_allclose(logits, reference, atol=1e-5)

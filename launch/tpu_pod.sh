@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Trains mmjax on a Cloud TPU VM slice: create (or reuse) it, install mmjax[tpu] on every
+# worker, start the same training command on all workers at once, resume after preemption,
+# and stop or delete the slice.
+#
+#   launch/tpu_pod.sh --name=mm --zone=us-west4-a --accelerator=v5litepod-16 --spot -- \
+#       --config=configs/base.py --workdir=gs://BUCKET/runs/mm
+#
+# Options:
+#   --name=NAME          queued resource and TPU VM name (required)
+#   --zone=ZONE          default: $CLOUDSDK_COMPUTE_ZONE
+#   --project=PROJECT    default: gcloud's configured project
+#   --accelerator=TYPE   e.g. v5litepod-16, v5litepod-256, v5p-128, v6e-64 (needed to create)
+#   --version=RUNTIME    TPU VM software version (default: v2-alpha-tpuv5-lite)
+#   --spot | --reserved  capacity type of the queued resource (default: on-demand)
+#   --repo=URL           git repository the workers clone (default: this checkout's origin)
+#   --ref=REF            commit, branch or tag to check out (default: this checkout's HEAD)
+#   --max_restarts=N     resumes after preemption before giving up (default: 10)
+#   --action=A           all (default): create, install, train, retrying on preemption;
+#                        or one of create | install | train | logs | stop | delete
+#   --dry-run            print every command instead of running it
+# Training arguments go after --; the workdir and data may be gs:// paths. Every worker
+# runs with MMJAX_DISTRIBUTED=auto, so mmjax/distributed.py joins them into one job.
+# A run that exits with status 75 was preempted (SIGTERM) and saved a checkpoint: it is
+# started again and resumes from that checkpoint, as it does after the slice is recreated.
+set -euo pipefail
+
+GCLOUD="${GCLOUD:-gcloud}"
+RESUME_STATUS=75
+name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="" accelerator="" version="v2-alpha-tpuv5-lite"
+capacity="" repo="" ref="" max_restarts=10 action="all" dry_run=0
+
+die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name=*) name="${1#*=}" ;;
+    --zone=*) zone="${1#*=}" ;;
+    --project=*) project="${1#*=}" ;;
+    --accelerator=*) accelerator="${1#*=}" ;;
+    --version=*) version="${1#*=}" ;;
+    --spot) capacity="--spot" ;;
+    --reserved) capacity="--reserved" ;;
+    --repo=*) repo="${1#*=}" ;;
+    --ref=*) ref="${1#*=}" ;;
+    --max_restarts=*) max_restarts="${1#*=}" ;;
+    --action=*) action="${1#*=}" ;;
+    --dry-run|--dry_run) dry_run=1 ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) die "unknown option '$1' (training arguments go after --)" ;;
+  esac
+  shift
+done
+[[ -n "$name" ]] || die "--name is required"
+[[ -n "$zone" ]] || die "--zone is required (or set CLOUDSDK_COMPUTE_ZONE)"
+case "$action" in all|create|install|train|logs|stop|delete) ;; *) die "unknown --action=$action" ;; esac
+[[ "$max_restarts" =~ ^[0-9]+$ ]] || die "--max_restarts must be a non-negative integer"
+train_args=("$@")
+
+where=(--zone="$zone")
+[[ -n "$project" ]] && where+=(--project="$project")
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+[[ -n "$repo" ]] || repo="$(git -C "$here" remote get-url origin 2>/dev/null || true)"
+[[ -n "$ref" ]] || ref="$(git -C "$here" rev-parse HEAD 2>/dev/null || true)"
+if [[ -z "$repo" && ( "$action" == all || "$action" == install ) ]]; then
+  [[ $dry_run -eq 1 ]] && repo="REPO_URL" || die "this checkout has no git remote 'origin'; pass --repo=URL"
+fi
+
+# Shell-quotes one word for display: plain words as they are, others in single quotes.
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+}
+
+# Runs a command, or prints it (shell-quoted) under --dry-run.
+run() {
+  if [[ $dry_run -eq 1 ]]; then
+    local word line=""
+    for word in "$@"; do line+="$(quote "$word") "; done
+    echo "${line% }"
+    return 0
+  fi
+  "$@"
+}
+
+# Runs a shell command on every worker of the slice at once.
+on_workers() {
+  run "$GCLOUD" compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="$1"
+}
+
+state() {  # ACTIVE, PROVISIONING, SUSPENDED, FAILED, ... or NONE
+  if [[ $dry_run -eq 1 ]]; then echo ACTIVE; return; fi
+  "$GCLOUD" compute tpus queued-resources describe "$name" "${where[@]}" --format='value(state.state)' 2>/dev/null || echo NONE
+}
+
+create() {
+  local current; current="$(state)"
+  if [[ $dry_run -eq 0 && "$current" == ACTIVE ]]; then echo "tpu_pod.sh: reusing $name (ACTIVE)"; return; fi
+  if [[ "$current" != NONE && "$current" != ACTIVE ]]; then  # preempted/failed: start over
+    run "$GCLOUD" compute tpus queued-resources delete "$name" "${where[@]}" --force --quiet
+  fi
+  [[ -n "$accelerator" ]] || die "--accelerator is required to create $name"
+  run "$GCLOUD" compute tpus queued-resources create "$name" --node-id="$name" "${where[@]}" \
+      --accelerator-type="$accelerator" --runtime-version="$version" ${capacity:+"$capacity"}
+  if [[ $dry_run -eq 0 ]]; then
+    echo "tpu_pod.sh: waiting for $name to become ACTIVE"
+    local now
+    until now="$(state)"; [[ "$now" == ACTIVE ]]; do
+      case "$now" in FAILED|SUSPENDED) die "queued resource $name is $now";; esac
+      sleep 30
+    done
+  fi
+}
+
+install() {
+  # A clone, not a wheel: training reads configs/ from the checkout.
+  on_workers "rm -rf ~/mmjax && git clone --quiet $(printf '%q' "$repo") ~/mmjax && git -C ~/mmjax checkout --quiet $(printf '%q' "${ref:-main}") && python3 -m pip install --quiet -e \"\$HOME/mmjax[tpu]\""
+}
+
+train() {
+  local word quoted=""
+  for word in "${train_args[@]}"; do quoted+="$(quote "$word") "; done
+  on_workers "cd ~/mmjax && MMJAX_DISTRIBUTED=auto python3 -m mmjax.train ${quoted% } 2>&1 | tee -a ~/mmjax-train.log; exit \${PIPESTATUS[0]}"
+}
+
+train_until_done() {
+  local attempt=0 status current
+  while true; do
+    set +e; train; status=$?; set -e
+    [[ $status -eq 0 ]] && { echo "tpu_pod.sh: training finished"; return 0; }
+    attempt=$((attempt + 1))
+    [[ $attempt -gt $max_restarts ]] && die "training failed with status $status after $max_restarts restarts"
+    if [[ $status -eq $RESUME_STATUS ]]; then
+      echo "tpu_pod.sh: run was preempted and saved a checkpoint; resuming (restart $attempt/$max_restarts)"
+    elif current="$(state)"; [[ "$current" != ACTIVE ]]; then
+      echo "tpu_pod.sh: slice $name is $current; recreating it and resuming (restart $attempt/$max_restarts)"
+      create; install
+    else
+      die "training failed with status $status on a healthy slice; see ~/mmjax-train.log on the workers ($0 --name=$name --zone=$zone --action=logs)"
+    fi
+  done
+}
+
+case "$action" in
+  all) create; install; train_until_done ;;
+  create) create ;;
+  install) install ;;
+  train) train_until_done ;;
+  logs) run "$GCLOUD" compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=0 --command="tail -n 200 -f ~/mmjax-train.log" ;;
+  stop) on_workers "pkill -TERM -f mmjax.train || true" ;;  # SIGTERM: each worker saves, exits 75
+  delete) run "$GCLOUD" compute tpus queued-resources delete "$name" "${where[@]}" --force --quiet ;;
+esac

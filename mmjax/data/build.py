@@ -1,0 +1,344 @@
+"""Builds a data set directory from a user's files: manifest -> ArrayRecord shards + spec.json.
+
+    python -m mmjax.data.build --manifest=FILE --out=DIR [--image_size=16] [--audio_rate=8000]
+        [--audio_samples=0] [--classes=...] [--skip_bad] [--workers=0] [--num_shards=0]
+
+The manifest (JSON Lines or CSV, see manifest.py) is checked first; then worker processes
+(all cores by default) decode images (resized to image_size x image_size RGB) and WAV files
+(mono, resampled to audio_rate, cut to audio_samples if that is > 0), and the main process
+writes the encoded examples in manifest order. Any bad row stops the build with one
+message naming the manifest line, unless --skip_bad, which skips such rows and lists them
+in DIR/skipped.jsonl (or --report). Atomic output: each shard is written under a hidden
+temporary name and renamed when complete, and spec.json, which makes DIR a data set, is
+written last; a killed build leaves no spec.json and no shard that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import glob
+import json
+import math
+import multiprocessing
+import os
+import sys
+
+from mmjax.data import codec, decode
+from mmjax.data.manifest import Manifest, ManifestError, parse_classes, read_manifest
+
+SPEC_FILE = "spec.json"
+REPORT_FILE = "skipped.jsonl"
+EXAMPLES_PER_SHARD = 5000
+_CHUNK = 32  # rows per worker task: large enough to amortise the IPC, small for a smooth bar
+
+
+class BuildError(ValueError):
+    """A problem the user can fix (bad row, bad flag, busy output); printed as one line."""
+
+
+# ---------------------------------------------------------------- decoding (in workers)
+def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
+    """Manifest fields -> (stored example, facts for the spec); ValueError if undecodable."""
+    example, facts = {}, {}
+    if "image" in fields:
+        example["image"] = decode.load_image(fields["image"], options["image_size"])
+    if "audio" in fields:
+        wave = decode.load_wav(fields["audio"], options["audio_rate"])
+        cap = options["audio_samples"]
+        facts["cut"] = bool(cap and len(wave) > cap)
+        example["audio"] = wave[:cap] if facts["cut"] else wave
+        facts["samples"] = len(example["audio"])
+    if "text" in fields:
+        example["text"] = fields["text"]
+        facts["text_bytes"] = len(fields["text"].encode("utf-8"))
+    example["label"] = int(fields["label"])
+    return example, facts
+
+
+def _decode_chunk(task: tuple[list[tuple[int, dict]], dict]) -> list[tuple]:
+    """Worker task: [(line, fields)] -> [(line, record bytes | None, facts | problem)]."""
+    rows, options = task
+    out = []
+    for line, fields in rows:
+        try:
+            example, facts = _decode_row(fields, options)
+            out.append((line, codec.encode(example), facts))
+        except ValueError as e:
+            out.append((line, None, str(e)))
+    return out
+
+
+def _decoded(tasks: list, workers: int):
+    """Yields each task's results in order, at most 2 tasks per worker in flight."""
+    if workers <= 1:
+        for task in tasks:
+            yield _decode_chunk(task)
+        return
+    # spawn, not fork: the caller may have started threads (JAX, grain) that fork would copy.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending = collections.deque()
+        tasks = iter(tasks)
+        try:
+            for task in tasks:
+                pending.append(pool.submit(_decode_chunk, task))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+# ---------------------------------------------------------------- writing
+class _ShardWriter:
+    """Writes records into numbered hidden part files; `finish` renames them into shards."""
+
+    def __init__(self, directory: str, rows_per_part: int):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self._writer_cls = ArrayRecordWriter
+        self.directory = directory
+        self.rows_per_part = rows_per_part
+        self.parts: list[tuple[str, int]] = []  # (temporary path, record count)
+        self._writer = None
+
+    def write(self, position: int, record: bytes) -> None:
+        """`position` is the row's index in the manifest: it decides the part."""
+        part = position // self.rows_per_part
+        if self._writer is None or part != self._part:
+            self._close()
+            path = os.path.join(self.directory, f".part-{part:05d}.array_record.tmp")
+            # group_size:1 makes every record its own chunk, which random access needs.
+            self._writer, self._part = self._writer_cls(path, "group_size:1"), part
+            self.parts.append((path, 0))
+        self._writer.write(record)
+        path, count = self.parts[-1]
+        self.parts[-1] = (path, count + 1)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> int:
+        """Renames the parts to data-XXXXX-of-YYYYY.array_record; returns the shard count."""
+        self._close()
+        for i, (path, _) in enumerate(self.parts):
+            name = f"data-{i:05d}-of-{len(self.parts):05d}.array_record"  # as sources.shard_name
+            os.replace(path, os.path.join(self.directory, name))
+        return len(self.parts)
+
+    def abort(self) -> None:
+        self._close()
+        for path, _ in self.parts:
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _prepare_out(out: str, overwrite: bool) -> None:
+    """Creates `out`, refusing to mix with a data set already there unless --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise BuildError(f"--out={out} is a file; give a directory")
+    os.makedirs(out, exist_ok=True)
+    ours = glob.glob(os.path.join(out, "data-*-of-*.array_record")) + glob.glob(
+        os.path.join(out, ".part-*.array_record.tmp"))
+    spec = os.path.join(out, SPEC_FILE)
+    if os.path.exists(spec):
+        if not overwrite:
+            raise BuildError(f"--out={out} already holds a data set; pass --overwrite to "
+                             "replace it or choose another directory")
+        os.remove(spec)  # first, so a killed rebuild never leaves a spec over new shards
+    # Shards without a spec are left-overs of a killed build: never part of a data set.
+    for path in ours + glob.glob(os.path.join(out, REPORT_FILE)):
+        os.remove(path)
+
+
+def _write_json_atomically(path: str, obj, *, lines: bool = False) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        if lines:
+            for item in obj:
+                f.write(json.dumps(item, ensure_ascii=False) + "\n")
+        else:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    os.replace(tmp, path)
+
+
+def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> dict:
+    # Imported here, not at the top: decoding workers import this module, and sources
+    # pulls in grain and JAX, which they do not need.
+    from mmjax.data import sources
+
+    modalities = {}
+    if "image" in manifest.modalities:
+        size = options["image_size"]
+        modalities["image"] = {"height": size, "width": size, "channels": 3}
+    if "audio" in manifest.modalities:
+        modalities["audio"] = {"sample_rate": options["audio_rate"],
+                               "max_samples": int(facts["max_samples"])}
+    if "text" in manifest.modalities:
+        modalities["text"] = {"max_bytes": int(facts["max_text_bytes"])}
+    spec = {
+        "format": sources.FORMAT,
+        "num_examples": num_examples,
+        "num_classes": len(manifest.class_names),
+        "class_names": manifest.class_names,
+        "modalities": modalities,
+        "build": {"manifest": manifest.path, "skipped_rows": int(facts["skipped"]),
+                  "audio_clips_cut": int(facts["cut"])},
+    }
+    return sources.validate_spec(spec, where="the built spec")
+
+
+# ---------------------------------------------------------------- the build
+def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int = 8000,
+          audio_samples: int = 0, classes: str = "", modalities: str = "",
+          skip_bad: bool = False, report: str = "", workers: int = 0, num_shards: int = 0,
+          overwrite: bool = False, progress: bool = True, log=print) -> dict:
+    """Builds DIR from a manifest (see module docstring); returns the spec written.
+
+    Raises BuildError (or ManifestError, also a ValueError) with one line naming the
+    problem; nothing that looks like a data set is left behind then.
+    """
+    if image_size <= 0 or audio_rate <= 0 or audio_samples < 0:
+        raise BuildError("--image_size and --audio_rate must be > 0 and --audio_samples >= 0")
+    manifest = read_manifest(
+        manifest_path, classes=parse_classes(classes),
+        modalities=[m.strip() for m in modalities.split(",") if m.strip()] or None)
+    bad = list(manifest.bad)
+    if bad and not skip_bad:
+        line, problem = bad[0]
+        more = f" ({len(bad) - 1} more bad rows; --skip_bad skips them)" if len(bad) > 1 else ""
+        raise BuildError(manifest.message(line, problem) + more)
+    rows = manifest.rows
+    if not rows:
+        first = f"; first: {manifest.message(*bad[0])}" if bad else ""
+        raise BuildError(f"{manifest.path}: no usable rows ({len(bad)} bad{first})")
+    workers = workers or os.cpu_count() or 1
+    workers = min(workers, math.ceil(len(rows) / _CHUNK))
+    shards = num_shards or math.ceil(len(rows) / EXAMPLES_PER_SHARD)
+    rows_per_part = math.ceil(len(rows) / max(1, min(shards, len(rows))))
+    options = {"image_size": image_size, "audio_rate": audio_rate, "audio_samples": audio_samples}
+
+    _prepare_out(out, overwrite)
+    writer = _ShardWriter(out, rows_per_part)
+    facts = collections.Counter(max_samples=0, max_text_bytes=0)
+    tasks = [([(r.line, r.fields) for r in rows[i:i + _CHUNK]], options)
+             for i in range(0, len(rows), _CHUNK)]
+    bar = _progress_bar(len(rows), progress)
+    position, written = 0, 0
+    try:
+        for results in _decoded(tasks, workers):
+            for line, record, info in results:
+                if record is None:
+                    if not skip_bad:
+                        raise BuildError(manifest.message(line, info))
+                    bad.append((line, info))
+                else:
+                    writer.write(position, record)
+                    written += 1
+                    facts["cut"] += info.get("cut", False)
+                    facts["max_samples"] = max(facts["max_samples"], info.get("samples", 0))
+                    facts["max_text_bytes"] = max(facts["max_text_bytes"], info.get("text_bytes", 0))
+                position += 1
+                bar.update(1)
+        if not written:
+            raise BuildError(f"{manifest.path}: no usable rows ({len(bad)} bad; first: "
+                             f"{manifest.message(*sorted(bad)[0])})")
+        count = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    bad.sort()
+    facts["skipped"] = len(bad)
+    report_path = report or os.path.join(out, REPORT_FILE)
+    if bad:
+        _write_json_atomically(report_path, [{"line": n, "problem": p} for n, p in bad], lines=True)
+    spec = _spec(manifest, written, options, facts)
+    _write_json_atomically(os.path.join(out, SPEC_FILE), spec)  # last: now DIR is a data set
+
+    described = ", ".join(_describe(name, fields) for name, fields in spec["modalities"].items())
+    log(f"wrote {written} examples ({described}; {spec['num_classes']} classes) in {count} "
+        f"shard{'s' * (count > 1)} to {out}")
+    if bad:
+        log(f"skipped {len(bad)} bad row{'s' * (len(bad) > 1)}, listed in {report_path}; first: "
+            f"{manifest.message(*bad[0])}")
+    if facts["cut"]:
+        log(f"{facts['cut']} audio clips longer than --audio_samples={audio_samples} were cut "
+            "to that length")
+    return spec
+
+
+def _describe(name: str, fields: dict) -> str:
+    if name == "image":
+        return f"image {fields['height']}x{fields['width']}"
+    if name == "audio":
+        return f"audio {fields['sample_rate']} Hz, <= {fields['max_samples']} samples"
+    return f"text <= {fields['max_bytes']} bytes"
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="ex", desc="build", file=sys.stderr, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmjax.data.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--manifest", required=True, help="JSON Lines or CSV file (see mmjax/data/manifest.py)")
+    p.add_argument("--out", required=True, help="output directory (becomes config.data.train/eval)")
+    p.add_argument("--image_size", type=int, default=16, help="images are stored SIZE x SIZE RGB")
+    p.add_argument("--audio_rate", type=int, default=8000, help="audio is resampled to this rate (Hz)")
+    p.add_argument("--audio_samples", type=int, default=0,
+                   help="cut longer clips to this many samples (0: keep whole clips)")
+    p.add_argument("--classes", default="",
+                   help="class names: 'a,b,c', a file with one per line, or a built data set "
+                        "directory (build eval with --classes=TRAIN_DIR); default: from the labels")
+    p.add_argument("--modalities", default="", help="e.g. 'image,audio'; default: from the manifest")
+    p.add_argument("--skip_bad", action="store_true", help="skip bad rows and list them in a report")
+    p.add_argument("--report", default="", help=f"report of skipped rows (default OUT/{REPORT_FILE})")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
+    p.add_argument("--num_shards", type=int, default=0,
+                   help=f"output shards (0: one per {EXAMPLES_PER_SHARD} examples)")
+    p.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        build(args.manifest, args.out, image_size=args.image_size, audio_rate=args.audio_rate,
+              audio_samples=args.audio_samples, classes=args.classes, modalities=args.modalities,
+              skip_bad=args.skip_bad, report=args.report, workers=args.workers,
+              num_shards=args.num_shards, overwrite=args.overwrite,
+              progress=not args.no_progress)
+    except (BuildError, ManifestError) as e:
+        print(f"mmjax.data.build: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmjax.data.build: interrupted; no data set was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

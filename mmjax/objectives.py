@@ -1,0 +1,233 @@
+"""Losses and metrics: the task loss (classification, multi-label, regression) and an
+optional contrastive loss, as weighted sums that add up over batches.
+
+    objective = Objective.from_config(config)
+    sums = objective.sums(model_outputs, batch, weights)   # jit-friendly, per batch
+    loss = objective.loss(sums)                             # what the train step minimises
+    metrics = objective.metrics(totals, 'eval/')            # after summing over batches
+
+Every sum carries its own 'count' (the weight total), so padding rows (weight 0) and
+examples that lack a contrastive modality drop out of both numerator and denominator.
+
+Batch targets: 'classification' reads batch['label'] int [B]; 'multilabel' reads
+batch['label'] multi-hot [B, C] (1 = the class applies); 'regression' reads
+batch['target'] float [B, T]. The model's head has C (or T) outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmjax.models import missing
+
+TASKS = ("classification", "multilabel", "regression", "none")
+CONTRASTIVE = ("none", "sigmoid", "softmax")
+TARGET_KEY = {"classification": "label", "multilabel": "label", "regression": "target"}
+Sums = dict[str, jax.Array]
+
+
+# ---------------------------------------------------------------------------- task sums
+def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> Sums:
+    """Weighted sums of softmax cross-entropy and correct argmax predictions."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return {"loss": jnp.sum(ce * weights), "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
+
+
+def multilabel_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> Sums:
+    """Weighted sums for independent per-class sigmoids: binary cross-entropy (mean over
+    classes), per-label and exact-match correctness at p = 0.5, and true positive /
+    false positive / false negative counts for micro-F1."""
+    logits = logits.astype(jnp.float32)
+    targets = targets.astype(jnp.float32)
+    bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+    predicted = (logits > 0).astype(jnp.float32)
+    correct = (predicted == targets).astype(jnp.float32)
+    w = weights[:, None]
+    return {
+        "loss": jnp.sum(bce * weights),
+        "label_correct": jnp.sum(jnp.mean(correct, axis=-1) * weights),
+        "exact": jnp.sum(jnp.min(correct, axis=-1) * weights),
+        "tp": jnp.sum(predicted * targets * w),
+        "fp": jnp.sum(predicted * (1 - targets) * w),
+        "fn": jnp.sum((1 - predicted) * targets * w),
+        "count": jnp.sum(weights),
+    }
+
+
+def regression_sums(predictions: jax.Array, targets: jax.Array, weights: jax.Array) -> Sums:
+    """Weighted sums of squared and absolute errors, each a mean over target dims."""
+    error = predictions.astype(jnp.float32) - targets.astype(jnp.float32).reshape(predictions.shape)
+    return {
+        "loss": jnp.sum(jnp.mean(error**2, axis=-1) * weights),
+        "abs_error": jnp.sum(jnp.mean(jnp.abs(error), axis=-1) * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+TASK_SUMS = {"classification": classification_sums, "multilabel": multilabel_sums, "regression": regression_sums}
+
+
+def task_metrics(task: str, sums: Mapping[str, Any]) -> dict[str, float]:
+    """Named metrics of summed task sums (names without prefix)."""
+    count = jnp.maximum(sums["count"], 1.0)
+    out = {"loss": sums["loss"] / count}
+    if task == "classification":
+        out["accuracy"] = sums["correct"] / count
+    elif task == "multilabel":
+        out["label_accuracy"] = sums["label_correct"] / count
+        out["exact_match"] = sums["exact"] / count
+        out["f1"] = 2 * sums["tp"] / jnp.maximum(2 * sums["tp"] + sums["fp"] + sums["fn"], 1.0)
+    elif task == "regression":
+        out["mse"] = sums["loss"] / count
+        out["mae"] = sums["abs_error"] / count
+    return out
+
+
+# ---------------------------------------------------------------------------- contrastive
+def contrastive_sums(a: jax.Array, b: jax.Array, scale: jax.Array, bias: jax.Array,
+                     weights: jax.Array, kind: str) -> Sums:
+    """Weighted sums of a contrastive loss between paired embeddings a, b [B, E]
+    (L2-normalised) and of in-batch retrieval recall@1 in both directions.
+
+    Logits are scale * a @ b.T + bias. Rows with weight 0 are neither anchors nor
+    candidates. kind='softmax' (CLIP): mean of the a->b and b->a cross-entropies with
+    the pair as the target. kind='sigmoid' (SigLIP): per anchor, the sum over valid
+    candidates of -log sigmoid(+-logit), + for the pair and - for the rest.
+    """
+    n = a.shape[0]
+    valid = weights > 0
+    candidates = valid[:, None] & valid[None, :]
+    logits = scale * (a.astype(jnp.float32) @ b.astype(jnp.float32).T) + bias
+    eye = jnp.eye(n, dtype=bool)
+    if kind == "softmax":
+        masked = jnp.where(candidates, logits, -1e9)
+        a_to_b = -jnp.sum(jax.nn.log_softmax(masked, axis=1) * eye, axis=1)
+        b_to_a = -jnp.sum(jax.nn.log_softmax(masked, axis=0) * eye, axis=0)
+        per_row = 0.5 * (a_to_b + b_to_a)
+    elif kind == "sigmoid":
+        signs = jnp.where(eye, 1.0, -1.0)
+        per_row = -jnp.sum(jax.nn.log_sigmoid(signs * logits) * candidates, axis=1)
+    else:
+        raise ValueError(f"config.loss.contrastive={kind!r} is not one of {list(CONTRASTIVE[1:])}")
+    scores = jnp.where(candidates, logits, -jnp.inf)
+    hits_a = (jnp.argmax(scores, axis=1) == jnp.arange(n)).astype(jnp.float32)
+    hits_b = (jnp.argmax(scores, axis=0) == jnp.arange(n)).astype(jnp.float32)
+    w = weights * valid
+    return {
+        "loss": jnp.sum(per_row * w),
+        "hits_a_to_b": jnp.sum(hits_a * w),
+        "hits_b_to_a": jnp.sum(hits_b * w),
+        "count": jnp.sum(w),
+    }
+
+
+# ---------------------------------------------------------------------------- the objective
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a run optimises and reports; built from config.loss and config.eval_without."""
+
+    task: str = "classification"
+    contrastive: str = "none"
+    pair: tuple[str, str] = ("image", "audio")
+    contrastive_weight: float = 1.0
+    eval_without: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Objective":
+        """Reads config.loss (absent: classification) and config.eval_without; raises a
+        ValueError naming the key for a bad value."""
+        loss = config.get("loss")
+        obj = cls() if loss is None else cls(
+            task=str(loss.task),
+            contrastive=str(loss.contrastive),
+            pair=tuple(loss.contrastive_pair),
+            contrastive_weight=float(loss.contrastive_weight),
+        )
+        obj = dataclasses.replace(obj, eval_without=tuple(config.get("eval_without", ())))
+        obj.check(tuple(config.modalities))
+        return obj
+
+    def check(self, modalities: Sequence[str]) -> None:
+        """Raises ValueError naming the config key of the first bad setting."""
+        if self.task not in TASKS:
+            raise ValueError(f"config.loss.task={self.task!r} is not one of {list(TASKS)}")
+        if self.contrastive not in CONTRASTIVE:
+            raise ValueError(f"config.loss.contrastive={self.contrastive!r} is not one of {list(CONTRASTIVE)}")
+        if self.task == "none" and self.contrastive == "none":
+            raise ValueError("config.loss.task and config.loss.contrastive are both 'none'; nothing to train")
+        if self.contrastive != "none":
+            if len(self.pair) != 2 or self.pair[0] == self.pair[1] or not set(self.pair) <= set(modalities):
+                raise ValueError(
+                    f"config.loss.contrastive_pair={self.pair} must name two different "
+                    f"modalities of config.modalities={tuple(modalities)}"
+                )
+            if self.contrastive_weight <= 0:
+                raise ValueError(f"config.loss.contrastive_weight={self.contrastive_weight} must be > 0")
+        unknown = sorted(set(self.eval_without) - set(modalities))
+        if unknown:
+            raise ValueError(
+                f"config.eval_without={self.eval_without} names {unknown}, which are not in "
+                f"config.modalities={tuple(modalities)}"
+            )
+        if self.eval_without and self.task == "none":
+            raise ValueError("config.eval_without needs a task loss (config.loss.task is 'none')")
+
+    @property
+    def needs_aux(self) -> bool:
+        """Whether the model must return its aux outputs (contrastive embeddings)."""
+        return self.contrastive != "none"
+
+    def sums(self, outputs: Any, batch: Mapping[str, jax.Array], weights: jax.Array) -> dict[str, Sums]:
+        """{'task': ..., 'contrastive': ...} sums of one batch; `outputs` is the model's
+        logits, or (logits, aux) when needs_aux."""
+        logits, aux = outputs if self.needs_aux else (outputs, None)
+        out = {}
+        if self.task != "none":
+            target = batch[TARGET_KEY[self.task]]
+            out["task"] = TASK_SUMS[self.task](logits, target, weights)
+        if self.contrastive != "none":
+            a, b = self.pair
+            w = weights * aux["present"][a] * aux["present"][b]
+            emb = aux["embeddings"]
+            out["contrastive"] = contrastive_sums(emb[a], emb[b], aux["scale"], aux["bias"], w, self.contrastive)
+        return out
+
+    def loss(self, sums: Mapping[str, Sums]) -> jax.Array:
+        """The scalar loss: task mean + contrastive_weight * contrastive mean."""
+        total = jnp.zeros((), jnp.float32)
+        for part, scale in (("task", 1.0), ("contrastive", self.contrastive_weight)):
+            if part in sums:
+                total = total + scale * sums[part]["loss"] / jnp.maximum(sums[part]["count"], 1.0)
+        return total
+
+    def metrics(self, sums: Mapping[str, Sums], prefix: str) -> dict[str, Any]:
+        """Named metrics ('<prefix>loss', '<prefix>accuracy', ...) of (summed) sums."""
+        out = {f"{prefix}loss": self.loss(sums)}
+        if "task" in sums:
+            for name, value in task_metrics(self.task, sums["task"]).items():
+                if name != "loss" or "contrastive" in sums:
+                    out[f"{prefix}{name if name != 'loss' else 'task_loss'}"] = value
+        if "contrastive" in sums:
+            c = sums["contrastive"]
+            count = jnp.maximum(c["count"], 1.0)
+            a, b = self.pair
+            out[f"{prefix}contrastive_loss"] = c["loss"] / count
+            out[f"{prefix}recall@1_{a}_to_{b}"] = c["hits_a_to_b"] / count
+            out[f"{prefix}recall@1_{b}_to_{a}"] = c["hits_b_to_a"] / count
+        for m in self.eval_without:
+            key = f"without_{m}"
+            if key in sums:
+                for name, value in task_metrics(self.task, sums[key]).items():
+                    out[f"{prefix}{name}_without_{m}"] = value
+        return out
+
+    def without(self, batch: Mapping[str, jax.Array], modality: str) -> dict[str, jax.Array]:
+        """The batch with `modality` marked absent for every example."""
+        n = jax.tree.leaves(batch)[0].shape[0]
+        return {**batch, missing.presence_key(modality): jnp.zeros((n,), bool)}
