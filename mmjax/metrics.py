@@ -66,9 +66,9 @@ class ProgressWriter:
         if "train/loss" in metrics:
             rate = metrics.get("train/steps_per_sec", 0.0)
             eta = _duration((self._total - step) / rate) if rate > 0 else "?"
+            acc = f"acc {metrics['train/accuracy']:.3f} | " if "train/accuracy" in metrics else ""
             line = (
-                f"step {step:>6}/{self._total} | loss {metrics['train/loss']:.4f} | "
-                f"acc {metrics.get('train/accuracy', float('nan')):.3f} | "
+                f"step {step:>6}/{self._total} | loss {metrics['train/loss']:.4f} | {acc}"
                 f"{metrics.get('train/examples_per_sec', 0.0):,.0f} ex/s | ETA {eta}"
             )
             print(line, file=self._stream, flush=True)
