@@ -38,11 +38,22 @@ def test_too_big_for_the_chip_says_so():
     assert "DOES NOT FIT" in result.stdout
 
 
-def test_compile_user_errors():
-    result = compile_cli("--config=configs/base.py", "--topology=v5e:2x2", "--config.mesh.tensor=3")
-    assert result.returncode == 2 and "config.mesh" in result.stderr and "Traceback" not in result.stderr
+def test_compile_usage_error():
     result = compile_cli("--config=configs/base.py")
     assert result.returncode == 2 and "usage: python -m mmjax.compile" in result.stderr
+
+
+@needs_libtpu
+def test_compile_mesh_error_names_the_config():
+    result = compile_cli("--config=configs/base.py", "--topology=v5e:2x2", "--config.mesh.tensor=3")
+    assert result.returncode == 2 and "config.mesh" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu is installed")
+def test_compile_without_libtpu_says_how_to_install_it():
+    result = compile_cli("--config=configs/base.py", "--topology=v5e:2x2")
+    assert result.returncode == 2
+    assert "libtpu is not installed: pip install -e '.[tpu]'" in result.stderr
 
 
 @needs_libtpu
