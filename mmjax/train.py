@@ -65,13 +65,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     return tx, schedule
 
 
-# ============================================================================ losses
-def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:
-    """Weighted sums of cross-entropy and correct predictions (weights mask padding rows).
-    Other tasks and the contrastive loss live in mmjax/objectives.py."""
-    return objectives.classification_sums(logits, labels, weights)
-
-
+# ============================================================================ batch layout
 def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bool = False) -> dict[str, tuple]:
     """(shape, dtype) of every field the pipeline yields for the configured modalities."""
     d, shapes = config.data, {"label": ((batch_size,), np.int32)}
