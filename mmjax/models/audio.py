@@ -90,6 +90,12 @@ def log_mel(
     return (jnp.log(mel + LOG_FLOOR) + LOG_MEL_SHIFT) / LOG_MEL_SCALE
 
 
+def spectrogram(encoder: Any, wave: jax.Array, lengths: jax.Array, frames: int) -> jax.Array:
+    """log_mel with an encoder's front-end settings (sample_rate, n_mels, window, hop)."""
+    return log_mel(wave, lengths, sample_rate=encoder.sample_rate, n_mels=encoder.n_mels,
+                   window=encoder.window, hop=encoder.hop, frames=frames)
+
+
 class AudioTransformer(nn.Module):
     """Log-mel -> (patch_time x patch_freq) patches -> Dense -> positions -> stack.
 
@@ -135,15 +141,7 @@ class AudioTransformer(nn.Module):
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         wave, lengths = batch["audio"], batch["audio_length"]
         frames = num_frames(wave.shape[1], self.hop, self.patch_time)
-        mel = log_mel(
-            wave,
-            lengths,
-            sample_rate=self.sample_rate,
-            n_mels=self.n_mels,
-            window=self.window,
-            hop=self.hop,
-            frames=frames,
-        )
+        mel = spectrogram(self, wave, lengths, frames)
         dtype = layers.compute_dtype(self.spec.dtype)
         x = einops.rearrange(
             mel.astype(dtype), "b (t p) (f q) -> b (t f) (p q)", p=self.patch_time, q=self.patch_freq
@@ -214,15 +212,7 @@ class AudioCNN(nn.Module):
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         wave, lengths = batch["audio"], batch["audio_length"]
         frames = frame_count(wave.shape[1], self.hop)
-        mel = log_mel(
-            wave,
-            lengths,
-            sample_rate=self.sample_rate,
-            n_mels=self.n_mels,
-            window=self.window,
-            hop=self.hop,
-            frames=frames,
-        )
+        mel = spectrogram(self, wave, lengths, frames)
         dtype = layers.compute_dtype(self.dtype)
         x = mel.astype(dtype)[..., None]
         for i, features in enumerate(self.channels):
