@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import augment, codec, pipeline, preprocess, sources, synthetic, tokenizer
+from batches import equal, take  # noqa: E402
 
 GB = 16
 
@@ -150,36 +151,26 @@ def source(tmp_path_factory):
     return sources.load_directory(str(path))
 
 
-def _take(it, n):
-    out = [next(it) for _ in range(n)]
-    it.close()
-    return out
-
-
-def _equal(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
 def test_augmentation_changes_training_batches_only(source):
-    plain = _take(pipeline.train_batches(source, _config(), global_batch=GB), 3)
-    aug = _take(pipeline.train_batches(source, _config(**ON), global_batch=GB), 3)
+    plain = take(pipeline.train_batches(source, _config(), global_batch=GB), 3)
+    aug = take(pipeline.train_batches(source, _config(**ON), global_batch=GB), 3)
     for p, a in zip(plain, aug):
         np.testing.assert_array_equal(p["label"], a["label"])  # same examples, same order
         for key in ("image", "text", "audio"):
             assert not np.array_equal(p[key], a[key]), key
     ev_plain = list(pipeline.eval_batches(source, _config(), global_batch=GB))
     ev_aug = list(pipeline.eval_batches(source, _config(**ON), global_batch=GB))
-    assert all(_equal(x, y) for x, y in zip(ev_plain, ev_aug))  # never in eval
+    assert all(equal(x, y) for x, y in zip(ev_plain, ev_aug))  # never in eval
 
 
 def test_augmented_batches_are_a_function_of_the_batch_index(source):
     """Resume at j, any worker count, any host count: the same augmented batch j."""
-    fresh = _take(pipeline.train_batches(source, _config(**ON), global_batch=GB), 7)
-    assert not _equal(fresh[0], fresh[3])  # epoch 2 draws new augmentations (3 batches/epoch)
-    resumed = _take(pipeline.train_batches(source, _config(workers=2, **ON), global_batch=GB,
+    fresh = take(pipeline.train_batches(source, _config(**ON), global_batch=GB), 7)
+    assert not equal(fresh[0], fresh[3])  # epoch 2 draws new augmentations (3 batches/epoch)
+    resumed = take(pipeline.train_batches(source, _config(workers=2, **ON), global_batch=GB,
                                            start_batch=4), 3)
-    assert all(_equal(x, y) for x, y in zip(fresh[4:], resumed))
-    halves = [_take(pipeline.train_batches(source, _config(**ON), global_batch=GB, start_batch=5,
+    assert all(equal(x, y) for x, y in zip(fresh[4:], resumed))
+    halves = [take(pipeline.train_batches(source, _config(**ON), global_batch=GB, start_batch=5,
                                            process_index=i, process_count=2), 1)[0]
               for i in range(2)]
     for key in fresh[5]:

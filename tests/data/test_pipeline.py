@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import codec, pipeline, preprocess, sources, synthetic
+from batches import equal, take  # noqa: E402
 
 N = 96  # examples; with global batch 32 an epoch is exactly 3 batches
 GB = 32
@@ -41,16 +42,6 @@ def _ids(batch):
     """Row identities: image and audio bytes are unique per example (noise)."""
     return [batch["image"][i].tobytes() + batch["audio"][i].tobytes()
             for i in range(len(batch["label"]))]
-
-
-def _take(it, n):
-    out = [next(it) for _ in range(n)]
-    it.close()
-    return out
-
-
-def _equal(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------- sources and preprocess
@@ -124,7 +115,7 @@ def test_preprocess_fields():
 
 @pytest.mark.parametrize("modalities", [ALL, ("image", "text")])
 def test_train_batch_layout(source, modalities):
-    (batch,) = _take(pipeline.train_batches(source, _config(modalities), global_batch=GB), 1)
+    (batch,) = take(pipeline.train_batches(source, _config(modalities), global_batch=GB), 1)
     expected = {"image": (np.uint8, (GB, 8, 8, 3)), "text": (np.int32, (GB, 32)),
                 "audio": (np.float32, (GB, 128)), "audio_length": (np.int32, (GB,)),
                 "label": (np.int32, (GB,))}
@@ -138,11 +129,11 @@ def test_train_batch_layout(source, modalities):
 
 
 def test_train_is_deterministic_and_each_epoch_is_a_new_permutation(source):
-    a = _take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
-    b = _take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
-    assert all(_equal(x, y) for x, y in zip(a, b))
-    other = _take(pipeline.train_batches(source, _config(seed=1), global_batch=GB), 1)
-    assert not _equal(a[0], other[0])
+    a = take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
+    b = take(pipeline.train_batches(source, _config(), global_batch=GB), 9)
+    assert all(equal(x, y) for x, y in zip(a, b))
+    other = take(pipeline.train_batches(source, _config(seed=1), global_batch=GB), 1)
+    assert not equal(a[0], other[0])
     epochs = [sum((_ids(x) for x in a[e * 3:(e + 1) * 3]), []) for e in range(3)]
     for ids in epochs:
         assert len(set(ids)) == N  # every example exactly once per epoch
@@ -150,25 +141,25 @@ def test_train_is_deterministic_and_each_epoch_is_a_new_permutation(source):
 
 
 def test_resume_at_batch_j_equals_the_jth_batch(source):
-    fresh = _take(pipeline.train_batches(source, _config(), global_batch=GB), 8)
-    resumed = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=5), 3)
-    assert all(_equal(x, y) for x, y in zip(fresh[5:], resumed))
+    fresh = take(pipeline.train_batches(source, _config(), global_batch=GB), 8)
+    resumed = take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=5), 3)
+    assert all(equal(x, y) for x, y in zip(fresh[5:], resumed))
 
 
 def test_workers_give_the_same_batches(source):
     """Also a resume at batch 2 with another worker count than the run before (0 -> 2): the
     batches are those of the uninterrupted run, so a worker-count change needs no refusal."""
-    plain = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=2), 4)
-    workers = _take(pipeline.train_batches(source, _config(workers=2), global_batch=GB,
+    plain = take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=2), 4)
+    workers = take(pipeline.train_batches(source, _config(workers=2), global_batch=GB,
                                            start_batch=2), 4)
-    assert all(_equal(x, y) for x, y in zip(plain, workers))
+    assert all(equal(x, y) for x, y in zip(plain, workers))
     assert all(type(v) is np.ndarray for v in workers[0].values())
 
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_hosts_split_each_global_batch_independently_of_host_count(source, count):
-    whole = _take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1), 4)
-    parts = [_take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1,
+    whole = take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1), 4)
+    parts = [take(pipeline.train_batches(source, _config(), global_batch=GB, start_batch=1,
                                           process_index=i, process_count=count), 4)
              for i in range(count)]
     for j, batch in enumerate(whole):
@@ -198,7 +189,7 @@ def test_eval_covers_each_example_once_with_weighted_padding(tmp_path, count):
                                         process_count=count)
         assert len(batches) == 3
         first, again = list(batches), list(batches)  # re-iterable, same result
-        assert len(first) == 3 and all(_equal(x, y) for x, y in zip(first, again))
+        assert len(first) == 3 and all(equal(x, y) for x, y in zip(first, again))
         for b in first:
             assert b["weight"].dtype == np.float32 and b["weight"].shape == (gb // count,)
             assert set(b) == {"image", "text", "audio", "audio_length", "label", "weight"}
