@@ -47,6 +47,7 @@ trap 'cleanup; exit 143' TERM INT
 
 for ((i = 0; i < processes; i++)); do
   log="$workdir/logs/process_$i.log"
+  : > "$log"  # exists before tail follows it, even if the process has not started yet
   env JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="$devices" \
       XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices" \
       MMJAX_COORDINATOR_ADDRESS="$coordinator" MMJAX_NUM_PROCESSES="$processes" MMJAX_PROCESS_ID="$i" \
