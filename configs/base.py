@@ -29,8 +29,12 @@ def get_config(arg=None):
     # data x fsdp, parameters over fsdp, attention heads and MLP over tensor.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+    # Optimizer: kind 'adamw' (warmup + cosine decay of lr, weight_decay on >= 2-D params,
+    # global-norm clipping at grad_clip) or 'adam' (plain Adam at a constant lr, as Keras'
+    # Adam; warmup_steps, weight_decay and grad_clip do not apply). eps: Adam's epsilon.
     c.optim = ml_collections.ConfigDict(
-        dict(lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0, b1=0.9, b2=0.999)
+        dict(kind="adamw", lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0, b1=0.9, b2=0.999,
+             eps=1e-8)
     )
 
     c.data = ml_collections.ConfigDict()

@@ -52,15 +52,26 @@ class TrainState(struct.PyTreeNode):
 
 # ============================================================================ optimizer
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup, cosine decay and global-norm clipping; no decay on 1-D params."""
+    """The optimizer config.optim.kind names, and its learning-rate schedule.
+
+    'adamw' (default): AdamW with linear warmup, cosine decay and global-norm clipping; no
+    decay on 1-D params. 'adam': plain Adam at a constant lr, as Keras' Adam (the seed
+    model's); warmup_steps, weight_decay and grad_clip do not apply to it.
+    """
     o = config.optim
+    kind, eps = o.get("kind", "adamw"), o.get("eps", 1e-8)
+    if kind == "adam":
+        schedule = optax.constant_schedule(o.lr)
+        return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=eps), schedule
+    if kind != "adamw":
+        raise UserError(f"config.optim.kind={kind!r} is not one of {list(config_lib.OPTIMIZERS)}")
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, end_value=0.0
     )
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay, mask=decay_mask),
     )
     return tx, schedule
 
