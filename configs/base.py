@@ -59,7 +59,9 @@ def get_config(arg=None):
         dict(image_crop=0.0, image_flip=False, audio_gain_db=0.0, audio_shift=0.0,
              audio_time_mask=0.0, audio_freq_mask=0.0, text_dropout=0.0)
     )
-    # task: 'default' (the label needs all three modalities) or 'redundant' (each alone decides it).
+    # task: 'default' (the label needs all three modalities), 'redundant' (each alone decides
+    # it), 'multilabel' (labels {digit, note, class the text names}; use loss.task='multilabel')
+    # or 'regression' (target: the tone's pitch in [0, 1]; use loss.task='regression').
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20000, num_eval=2000, seed=0, task="default"))
 
     encoder = dict(width=64, depth=2, heads=4, mlp=128)
