@@ -89,11 +89,13 @@ def get_config(arg=None):
 
     # Missing modalities: drop whole modalities per training example with this
     # probability (never all of them); eval_without=('audio',) also reports
-    # eval/accuracy_without_audio (the modality masked out for every example).
+    # eval/accuracy_without_audio (the modality masked out for every example). Examples
+    # that lack a modality in the data (built with --optional_modalities) are masked too.
     c.modality_dropout = 0.0
     c.eval_without = ()
 
-    # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none', plus
+    # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none' (the data
+    # set must be labelled for it, spec.json 'tasks': 'label', 'labels' or 'target'), plus
     # loss.contrastive 'none' | 'sigmoid' (SigLIP) | 'softmax' (CLIP) between the pooled
     # embeddings of loss.contrastive_pair, weighted by loss.contrastive_weight.
     c.loss = ml_collections.ConfigDict(

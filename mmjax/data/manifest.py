@@ -8,9 +8,9 @@ Every row of a data set has the same modalities: those of `--modalities`, else t
 header's, else the first JSON object's; and the same targets: the CSV header's, else
 those of the first JSON object that has any. A modality named in `--optional_modalities`
 may be absent from a row (a missing key or null; in CSV an empty image/audio cell); every
-row needs at least one modality. Relative paths are relative to the manifest's folder. This module checks everything
-that does not need decoding (structure, types, files exist, labels known); decoding
-happens in `build.py`. Problems are (line, text) pairs, so the build can stop at the first
+row needs at least one modality. Relative paths are relative to the manifest's folder.
+This module checks everything that does not need decoding (structure, types, files
+exist, labels known); decoding happens in `build.py`. Problems are (line, text) pairs, so the build can stop at the first
 or, with --skip_bad, skip and list them.
 """
 
