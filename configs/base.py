@@ -29,8 +29,12 @@ def get_config(arg=None):
     # data x fsdp, parameters over fsdp, attention heads and MLP over tensor.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+    # Optimizer: kind 'adamw' (warmup + cosine decay of lr, weight_decay on >= 2-D params,
+    # global-norm clipping at grad_clip) or 'adam' (plain Adam at a constant lr, as Keras'
+    # Adam; warmup_steps, weight_decay and grad_clip do not apply). eps: Adam's epsilon.
     c.optim = ml_collections.ConfigDict(
-        dict(lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0, b1=0.9, b2=0.999)
+        dict(kind="adamw", lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0, b1=0.9, b2=0.999,
+             eps=1e-8)
     )
 
     c.data = ml_collections.ConfigDict()
@@ -55,7 +59,9 @@ def get_config(arg=None):
         dict(image_crop=0.0, image_flip=False, audio_gain_db=0.0, audio_shift=0.0,
              audio_time_mask=0.0, audio_freq_mask=0.0, text_dropout=0.0)
     )
-    # task: 'default' (the label needs all three modalities) or 'redundant' (each alone decides it).
+    # task: 'default' (the label needs all three modalities), 'redundant' (each alone decides
+    # it), 'multilabel' (labels {digit, note, class the text names}; use loss.task='multilabel')
+    # or 'regression' (target: the tone's pitch in [0, 1]; use loss.task='regression').
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20000, num_eval=2000, seed=0, task="default"))
 
     encoder = dict(width=64, depth=2, heads=4, mlp=128)
@@ -83,11 +89,13 @@ def get_config(arg=None):
 
     # Missing modalities: drop whole modalities per training example with this
     # probability (never all of them); eval_without=('audio',) also reports
-    # eval/accuracy_without_audio (the modality masked out for every example).
+    # eval/accuracy_without_audio (the modality masked out for every example). Examples
+    # that lack a modality in the data (built with --optional_modalities) are masked too.
     c.modality_dropout = 0.0
     c.eval_without = ()
 
-    # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none', plus
+    # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none' (the data
+    # set must be labelled for it, spec.json 'tasks': 'label', 'labels' or 'target'), plus
     # loss.contrastive 'none' | 'sigmoid' (SigLIP) | 'softmax' (CLIP) between the pooled
     # embeddings of loss.contrastive_pair, weighted by loss.contrastive_weight.
     c.loss = ml_collections.ConfigDict(

@@ -33,6 +33,7 @@ from etils import epath  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding, train  # noqa: E402
 from mmjax.config import UserError  # noqa: E402
+from mmjax.data import targets  # noqa: E402
 from mmjax.models.multimodal import build_model  # noqa: E402
 
 flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v5e:16x16, v5p:4x4x8, v6e:16x16, v4:2x2x2.")
@@ -66,17 +67,26 @@ def topology_devices(name: str) -> list:
                         "use e.g. v5e:2x2, v5e:16x16, v5p:4x4x8, v6e:16x16, v4:2x2x2") from None
 
 
-def num_classes_from_data(config) -> int:
-    """The head size the real run would use, read from the training data's spec."""
+def data_spec(config) -> dict | None:
+    """The training data's spec (None where it cannot be read without opening the data)."""
     name = config.data.train
     if name == "synthetic":
         from mmjax.data import synthetic
 
-        return synthetic.NUM_CLASSES
+        d = config.data
+        return synthetic.make_spec(image_size=d.image_size, audio_rate=d.audio_rate,
+                                   audio_samples=d.audio_samples, task=d.synthetic.get("task", "default"))
     spec = epath.Path(name) / "spec.json"
-    if not spec.exists():
-        raise UserError(f"cannot read {spec} for the number of classes; pass --num_classes")
-    return int(json.loads(spec.read_text())["num_classes"])
+    return json.loads(spec.read_text()) if spec.exists() else None
+
+
+def num_classes_from_data(config) -> int:
+    """The head size the real run would use (classes, or regression targets), from the
+    training data's spec."""
+    spec = data_spec(config)
+    if spec is None:
+        raise UserError(f"cannot read {config.data.train}/spec.json for the number of classes; pass --num_classes")
+    return targets.num_outputs(spec, targets.task_of(config))
 
 
 def shard_bytes(abstract_tree) -> int:
@@ -95,9 +105,14 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     sharding.check_batch_size(config.batch_size, mesh)
     model = build_model(config, num_classes or num_classes_from_data(config))
     tx, schedule = train.make_optimizer(config)
-    abstract_state, state_shardings, _ = train.sharded_state_shapes(
-        model, tx, train.batch_shapes(config, config.batch_size), mesh
-    )
+    spec = data_spec(config)  # the batch's target fields and presence flags
+    if spec is not None and num_classes:  # --num_classes wins
+        spec = {**spec, ("target_size" if targets.task_of(config) == "regression" else "num_classes"): num_classes}
+    try:
+        shapes = train.batch_shapes(config, config.batch_size, spec=spec)
+    except ValueError as e:
+        raise UserError(f"{e}; compile needs a data set with spec.json for it") from None
+    abstract_state, state_shardings, _ = train.sharded_state_shapes(model, tx, shapes, mesh)
     kind = devices[0].device_kind
     report = {
         "topology": topology,
@@ -112,7 +127,8 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     start = time.perf_counter()
     try:
         train_step, _ = train.compile_steps(
-            model, tx, schedule, jax.random.key(0), config, mesh, abstract_state, state_shardings
+            model, tx, schedule, jax.random.key(0), config, mesh, abstract_state, state_shardings,
+            train_spec=spec, eval_spec=spec,
         )
     except Exception as e:  # the compiler's out-of-memory error is the answer, not a crash
         message = str(e)

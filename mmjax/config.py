@@ -24,6 +24,7 @@ import ml_collections
 MODALITIES = ("image", "text", "audio")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
+OPTIMIZERS = ("adamw", "adam")
 
 
 class UserError(Exception):
@@ -142,6 +143,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 (fill) or >= 1, got {size}")
     _require(list(config.mesh.values()).count(-1) <= 1, "mesh", "at most one axis may be -1")
     _require(config.optim.lr > 0, "optim.lr", f"must be > 0, got {config.optim.lr}")
+    kind = config.optim.get("kind", "adamw")
+    _require(kind in OPTIMIZERS, "optim.kind", f"'{kind}' is not one of {', '.join(OPTIMIZERS)}")
     _require(0 <= config.optim.warmup_steps < config.total_steps, "optim.warmup_steps", "must be in [0, total_steps)")
     _require(config.model.dtype in DTYPES, "model.dtype", f"'{config.model.dtype}' is not one of {', '.join(DTYPES)}")
     _require(config.model.remat in REMAT_POLICIES, "model.remat", f"'{config.model.remat}' is not one of {', '.join(REMAT_POLICIES)}")

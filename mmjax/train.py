@@ -37,7 +37,8 @@ from mmjax import metrics as metrics_lib
 from mmjax import objectives
 from mmjax import sharding
 from mmjax.config import UserError
-from mmjax.data import pipeline, sources
+from mmjax.data import pipeline, sources, targets
+from mmjax.data.preprocess import presence_key
 from mmjax.models.multimodal import build_model
 from mmjax.preemption import RESUME_EXIT_CODE, Preempted, PreemptionWatcher
 
@@ -52,23 +53,42 @@ class TrainState(struct.PyTreeNode):
 
 # ============================================================================ optimizer
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup, cosine decay and global-norm clipping; no decay on 1-D params."""
+    """The optimizer config.optim.kind names, and its learning-rate schedule.
+
+    'adamw' (default): AdamW with linear warmup, cosine decay and global-norm clipping; no
+    decay on 1-D params. 'adam': plain Adam at a constant lr, as Keras' Adam (the seed
+    model's); warmup_steps, weight_decay and grad_clip do not apply to it.
+    """
     o = config.optim
+    kind, eps = o.get("kind", "adamw"), o.get("eps", 1e-8)
+    if kind == "adam":
+        schedule = optax.constant_schedule(o.lr)
+        return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=eps), schedule
+    if kind != "adamw":
+        raise UserError(f"config.optim.kind={kind!r} is not one of {list(config_lib.OPTIMIZERS)}")
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, end_value=0.0
     )
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay, mask=decay_mask),
     )
     return tx, schedule
 
 
 # ============================================================================ batch layout
-def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bool = False) -> dict[str, tuple]:
-    """(shape, dtype) of every field the pipeline yields for the configured modalities."""
-    d, shapes = config.data, {"label": ((batch_size,), np.int32)}
+def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bool = False,
+                 spec: dict | None = None) -> dict[str, tuple]:
+    """(shape, dtype) of every field the pipeline yields for the configured modalities.
+
+    `spec` (the data set's spec.json) decides the target fields for config.loss.task and
+    the present_<modality> flags of modalities it marks optional; None means a
+    classification data set whose examples have every modality.
+    """
+    d, shapes = config.data, {}
+    for key, (shape, dtype) in targets.batch_fields(spec, targets.task_of(config)).items():
+        shapes[key] = ((batch_size, *shape), dtype)
     if "image" in config.modalities:
         shapes["image"] = ((batch_size, d.image_size, d.image_size, 3), np.uint8)
     if "text" in config.modalities:
@@ -76,6 +96,9 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bo
     if "audio" in config.modalities:
         shapes["audio"] = ((batch_size, d.audio_samples), np.float32)
         shapes["audio_length"] = ((batch_size,), np.int32)
+    for m in sources.optional_modalities(spec):
+        if m in config.modalities:
+            shapes[presence_key(m)] = ((batch_size,), np.bool_)
     if eval:
         shapes["weight"] = ((batch_size,), np.float32)
     return shapes
@@ -178,11 +201,13 @@ def make_eval_step(model: nn.Module, *, objective: objectives.Objective | None =
     return eval_step
 
 
-def compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state, state_shardings):
+def compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state, state_shardings,
+                  *, train_spec: dict | None = None, eval_spec: dict | None = None):
     """Compiles the train step (state donated) and the eval step ahead of time.
 
     The loop never pays for tracing, and a shape mismatch between pipeline and model
-    fails here, once, with both shapes in the message.
+    fails here, once, with both shapes in the message. The specs of the train and eval
+    data decide their batch layouts (see batch_shapes).
     """
     batch_sharding = sharding.batch_sharding(mesh)
     with _as_user_error("config.loss"):
@@ -198,12 +223,12 @@ def compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state
                 out_shardings=(state_shardings, None),
                 donate_argnums=0,
             )
-            .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size)))
+            .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size, spec=train_spec)))
             .compile()
         )
         eval_step = (
             jax.jit(make_eval_step(model, objective=objective))
-            .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size, eval=True)))
+            .lower(abstract_state, abstract_batch(batch_shapes(config, config.batch_size, eval=True, spec=eval_spec)))
             .compile()
         )
     return train_step, eval_step
@@ -228,6 +253,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         for source in (train_source, eval_source):
             sources.check_spec(source.spec, config.data, modalities)
         sources.check_same_classes(train_source.spec, eval_source.spec)
+        task = targets.task_of(config)  # config.loss.task must be one the data are labelled for
+        for source in (train_source, eval_source):
+            targets.check_task(source.spec, task, source.directory)
+        targets.check_same_targets(train_source.spec, eval_source.spec, task)
         vocab = pipeline.check_preprocessing(config.data, modalities)  # tokenizer ids, 0 without text
     if vocab > config.model.text.vocab_size:
         raise UserError(f"config.model.text.vocab_size={config.model.text.vocab_size} is smaller than "
@@ -236,13 +265,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         config.modalities = modalities  # model and batch shapes follow the data
         if is_primary:
             print(f"modalities: {', '.join(modalities)} (those the data set has)", flush=True)
-    num_classes = int(train_source.spec["num_classes"])
+    num_classes = targets.num_outputs(train_source.spec, task)  # head outputs: classes or targets
 
     # ---------------------------------------------------------------- model and optimizer shapes
     with _as_user_error("config.model"):  # unknown encoder/fusion kind and the like
         model = build_model(config, num_classes)
     tx, schedule = make_optimizer(config)
-    train_shapes = batch_shapes(config, config.batch_size)
+    train_shapes = batch_shapes(config, config.batch_size, spec=train_source.spec)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     abstract_state, state_shardings, init_fn = sharded_state_shapes(model, tx, train_shapes, mesh)
 
@@ -272,7 +301,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # ---------------------------------------------------------------- the jitted steps
     compile_start = time.perf_counter()
-    train_step, eval_step = compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state, state_shardings)
+    train_step, eval_step = compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract_state,
+                                          state_shardings, train_spec=train_source.spec, eval_spec=eval_source.spec)
     compile_seconds = time.perf_counter() - compile_start
 
     # ---------------------------------------------------------------- evaluation

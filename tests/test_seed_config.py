@@ -7,6 +7,8 @@ import re
 
 import jax
 import numpy as np
+import optax
+import pytest
 
 from mmjax import config as config_lib
 from mmjax import train
@@ -66,3 +68,30 @@ def test_seed_parameter_count_matches_keras_formulas():
 
     text = (ROOT / "configs" / "seed.py").read_text()
     assert re.search(r"10 classes: ([\d,]+)", text).group(1) == f"{total:,}"
+
+
+def test_seed_optimizer_is_plain_keras_adam():
+    """optim.kind='adam': updates equal optax.adam with Keras' defaults, at a constant lr."""
+    config = config_lib.load_config_file(str(ROOT / "configs" / "seed.py"))
+    assert config.optim.kind == "adam"
+    tx, schedule = train.make_optimizer(config)
+    reference = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-7)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
+    state, ref_state = tx.init(params), reference.init(params)
+    for step in range(3):
+        # Large gradients: AdamW's clipping, decay or warmup would all show.
+        grads = jax.tree.map(lambda p: 1e3 * rng.normal(size=p.shape).astype(np.float32), params)
+        updates, state = tx.update(grads, state, params)
+        expected, ref_state = reference.update(grads, ref_state, params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), updates, expected)
+        params = optax.apply_updates(params, updates)
+        assert float(schedule(step * 1000)) == 1e-3
+
+
+def test_optimizer_kind_is_checked():
+    config = config_lib.load_config_file(str(ROOT / "configs" / "base.py"))
+    assert config.optim.kind == "adamw"
+    config_lib.apply_overrides(config, {"optim.kind": "sgd"})
+    with pytest.raises(config_lib.UserError, match=r"config.optim.kind: 'sgd' is not one of adamw, adam"):
+        config_lib.validate(config)

@@ -1,12 +1,16 @@
 """Builds a data set directory from a user's files: manifest -> ArrayRecord shards + spec.json.
 
     python -m mmjax.data.build --manifest=FILE --out=DIR [--image_size=16] [--audio_rate=8000]
-        [--audio_samples=0] [--classes=...] [--skip_bad] [--workers=0] [--num_shards=0]
+        [--audio_samples=0] [--classes=...] [--optional_modalities=...] [--skip_bad]
+        [--workers=0] [--num_shards=0]
 
 The manifest (JSON Lines or CSV, see manifest.py) is checked first; then worker processes
 (all cores by default) decode images (resized to image_size x image_size RGB) and WAV files
 (mono, resampled to audio_rate, cut to audio_samples if that is > 0), and the main process
-writes the encoded examples in manifest order. Any bad row stops the build with one
+writes the encoded examples in manifest order. Targets are stored as 'label' (class id),
+'labels' (int32 class ids) and 'target' (float32 [T]); spec.json lists them in 'tasks'.
+Rows may lack the modalities named in --optional_modalities (spec 'optional_modalities'):
+such examples are stored without the field, and training batches flag them absent. Any bad row stops the build with one
 message naming the manifest line, unless --skip_bad, which skips such rows and lists them
 in DIR/skipped.jsonl (or --report). Atomic output: each shard is written under a hidden
 temporary name and renamed when complete, and spec.json, which makes DIR a data set, is
@@ -24,6 +28,8 @@ import math
 import multiprocessing
 import os
 import sys
+
+import numpy as np
 
 from mmjax.data import codec, decode
 from mmjax.data.manifest import Manifest, ManifestError, parse_classes, read_manifest
@@ -53,7 +59,13 @@ def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
     if "text" in fields:
         example["text"] = fields["text"]
         facts["text_bytes"] = len(fields["text"].encode("utf-8"))
-    example["label"] = int(fields["label"])
+    if "label" in fields:
+        example["label"] = int(fields["label"])
+    if "labels" in fields:
+        example["labels"] = np.asarray(fields["labels"], np.int32).reshape(-1)
+    if "target" in fields:
+        example["target"] = np.asarray(fields["target"], np.float32)
+    facts["absent"] = [m for m in options["optional"] if m not in fields]
     return example, facts
 
 
@@ -192,13 +204,20 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
         "build": {"manifest": manifest.path, "skipped_rows": int(facts["skipped"]),
                   "audio_clips_cut": int(facts["cut"])},
     }
+    if manifest.tasks != ["classification"]:  # older readers and specs: classification only
+        spec["tasks"] = manifest.tasks
+    if "target" in manifest.targets:
+        spec["target_size"] = manifest.target_size
+    if manifest.optional:
+        spec["optional_modalities"] = list(manifest.optional)
+        spec["build"]["examples_without"] = {m: int(facts[f"absent_{m}"]) for m in manifest.optional}
     return sources.validate_spec(spec, where="the built spec")
 
 
 # ---------------------------------------------------------------- the build
 def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int = 8000,
           audio_samples: int = 0, classes: str = "", modalities: str = "",
-          skip_bad: bool = False, report: str = "", workers: int = 0, num_shards: int = 0,
+          optional_modalities: str = "", skip_bad: bool = False, report: str = "", workers: int = 0, num_shards: int = 0,
           overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Builds DIR from a manifest (see module docstring); returns the spec written.
 
@@ -209,7 +228,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
         raise BuildError("--image_size and --audio_rate must be > 0 and --audio_samples >= 0")
     manifest = read_manifest(
         manifest_path, classes=parse_classes(classes),
-        modalities=[m.strip() for m in modalities.split(",") if m.strip()] or None)
+        modalities=[m.strip() for m in modalities.split(",") if m.strip()] or None,
+        optional=[m.strip() for m in optional_modalities.split(",") if m.strip()])
     bad = list(manifest.bad)
     if bad and not skip_bad:
         line, problem = bad[0]
@@ -223,7 +243,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     workers = min(workers, math.ceil(len(rows) / _CHUNK))
     shards = num_shards or math.ceil(len(rows) / EXAMPLES_PER_SHARD)
     rows_per_part = math.ceil(len(rows) / max(1, min(shards, len(rows))))
-    options = {"image_size": image_size, "audio_rate": audio_rate, "audio_samples": audio_samples}
+    options = {"image_size": image_size, "audio_rate": audio_rate, "audio_samples": audio_samples,
+               "optional": manifest.optional}
 
     _prepare_out(out, overwrite)
     writer = _ShardWriter(out, rows_per_part)
@@ -245,6 +266,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
                     facts["cut"] += info.get("cut", False)
                     facts["max_samples"] = max(facts["max_samples"], info.get("samples", 0))
                     facts["max_text_bytes"] = max(facts["max_text_bytes"], info.get("text_bytes", 0))
+                    for m in info.get("absent", ()):
+                        facts[f"absent_{m}"] += 1
                 position += 1
                 bar.update(1)
         if not written:
@@ -265,8 +288,15 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     _write_json_atomically(os.path.join(out, SPEC_FILE), spec)  # last: now DIR is a data set
 
     described = ", ".join(_describe(name, fields) for name, fields in spec["modalities"].items())
-    log(f"wrote {written} examples ({described}; {spec['num_classes']} classes) in {count} "
+    labelled = [f"{spec['num_classes']} classes"] if spec["num_classes"] else []
+    if "multilabel" in spec.get("tasks", ()):
+        labelled.append("multi-label")
+    if "target_size" in spec:
+        labelled.append(f"{spec['target_size']} regression target{'s' * (spec['target_size'] > 1)}")
+    log(f"wrote {written} examples ({described}; {', '.join(labelled)}) in {count} "
         f"shard{'s' * (count > 1)} to {out}")
+    for m, n in spec["build"].get("examples_without", {}).items():
+        log(f"{n} examples have no {m} (flagged absent in training batches)")
     if bad:
         log(f"skipped {len(bad)} bad row{'s' * (len(bad) > 1)}, listed in {report_path}; first: "
             f"{manifest.message(*bad[0])}")
@@ -313,6 +343,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="class names: 'a,b,c', a file with one per line, or a built data set "
                         "directory (build eval with --classes=TRAIN_DIR); default: from the labels")
     p.add_argument("--modalities", default="", help="e.g. 'image,audio'; default: from the manifest")
+    p.add_argument("--optional_modalities", default="",
+                   help="e.g. 'audio': rows may lack these (batches then flag them absent)")
     p.add_argument("--skip_bad", action="store_true", help="skip bad rows and list them in a report")
     p.add_argument("--report", default="", help=f"report of skipped rows (default OUT/{REPORT_FILE})")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
@@ -328,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.manifest, args.out, image_size=args.image_size, audio_rate=args.audio_rate,
               audio_samples=args.audio_samples, classes=args.classes, modalities=args.modalities,
+              optional_modalities=args.optional_modalities,
               skip_bad=args.skip_bad, report=args.report, workers=args.workers,
               num_shards=args.num_shards, overwrite=args.overwrite,
               progress=not args.no_progress)

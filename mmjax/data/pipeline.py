@@ -36,6 +36,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from mmjax.data import targets
 from mmjax.data.augment import Augment
 from mmjax.data.preprocess import Preprocess, TrainPreprocess
 from mmjax.data.sources import Source, check_spec
@@ -153,9 +154,10 @@ def check_preprocessing(config_data, modalities) -> int:
 
 def _preprocess(source: Source, config) -> Preprocess:
     check_spec(source.spec, config.data, config.modalities)
+    targets.check_task(source.spec, targets.task_of(config), source.directory)
     if source.num_examples == 0:
         raise ValueError(f"data set {source.directory} has no examples")
-    return Preprocess.from_config(config, num_classes=source.num_classes)
+    return Preprocess.from_config(config, num_classes=source.num_classes, spec=source.spec)
 
 
 def train_dataset(source: Source, config, *, global_batch: int, process_index: int | None = None,

@@ -3,7 +3,9 @@
 Only the configured modalities are produced (see the batch layout in the contract):
 text -> int32 [text_length] token ids (byte-level by default: id = byte + 2, 0 = padding;
 see tokenizer.py); audio -> float32 [audio_samples] zero-padded plus int32 audio_length;
-image -> uint8 [H, W, 3], checked; label -> int32. `Preprocess` (eval, and training
+image -> uint8 [H, W, 3], checked; the task's targets (targets.py: label int32, multi-hot
+label float32 [C] or target float32 [T]); bool present_<m> for modalities the data set
+marks optional (zeros where absent). `Preprocess` (eval, and training
 without augmentation) is a grain Map and `TrainPreprocess` a grain MapWithIndex, so grain
 can run them in worker processes.
 """
@@ -17,7 +19,8 @@ import grain
 import numpy as np
 
 from mmjax.data import augment as augment_lib
-from mmjax.data import codec
+from mmjax.data import codec, targets
+from mmjax.data.sources import optional_modalities
 from mmjax.data.tokenizer import OFFSET as BYTE_OFFSET  # noqa: F401  (re-exported)
 from mmjax.data.tokenizer import PAD_ID, RESERVED_ID, ByteTokenizer, make_tokenizer  # noqa: F401
 from mmjax.data.tokenizer import tokenize as _tokenize
@@ -52,26 +55,42 @@ def check_image(image: np.ndarray, size: int) -> np.ndarray:
     return image
 
 
+def presence_key(modality: str) -> str:
+    """The batch key that flags, per example, whether `modality` is there (the model's contract)."""
+    return f"present_{modality}"
+
+
 def preprocess_example(example: dict, modalities: Sequence[str], *, image_size: int,
                        audio_samples: int, text_length: int,
-                       num_classes: int | None = None, tokenizer=None) -> dict:
-    """Stored example dict -> dict of fixed-shape numpy fields for `modalities` + label."""
-    for key in (*modalities, "label"):
-        if key not in example:
+                       num_classes: int | None = None, tokenizer=None,
+                       task: str = "classification", target_fields: dict | None = None,
+                       optional: Sequence[str] = ()) -> dict:
+    """Stored example dict -> dict of fixed-shape numpy fields for `modalities` + targets.
+
+    The target fields are `target_fields` (targets.batch_fields; default: an int label).
+    A modality in `optional` may be missing from the example: its fields are then zeros
+    (audio_length 0) and present_<modality> is False; every optional modality gets that
+    flag, True where the example has it.
+    """
+    for key in modalities:
+        if key not in example and key not in optional:
             raise ValueError(f"stored example has no {key!r} field (it has {sorted(example)})")
+    if target_fields is None:
+        target_fields = targets.batch_fields(None, task)
     out = {}
     if "image" in modalities:
-        out["image"] = check_image(example["image"], image_size)
+        out["image"] = (check_image(example["image"], image_size) if "image" in example
+                        else np.zeros((image_size, image_size, 3), np.uint8))
     if "text" in modalities:
-        out["text"] = tokenize(example["text"], text_length, tokenizer)
+        out["text"] = (tokenize(example["text"], text_length, tokenizer) if "text" in example
+                       else np.zeros(text_length, np.int32))
     if "audio" in modalities:
-        out["audio"], out["audio_length"] = pad_audio(example["audio"], audio_samples)
-    label = example["label"]
-    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-        raise ValueError(f"'label' must be an int, got {label!r}")
-    if label < 0 or (num_classes is not None and label >= num_classes):
-        raise ValueError(f"'label' {label} is outside 0..{(num_classes or 1) - 1}")
-    out["label"] = np.asarray(label, np.int32)
+        out["audio"], out["audio_length"] = pad_audio(example.get("audio", np.zeros(0, np.float32)),
+                                                      audio_samples)
+    for m in modalities:
+        if m in optional:
+            out[presence_key(m)] = np.asarray(m in example, np.bool_)
+    out.update(targets.example_targets(example, target_fields, task, num_classes))
     return out
 
 
@@ -79,17 +98,25 @@ class Preprocess(grain.transforms.Map):
     """grain Map: encoded record (bytes) or example dict -> batch-row dict."""
 
     def __init__(self, modalities: Sequence[str], *, image_size: int, audio_samples: int,
-                 text_length: int, num_classes: int | None = None, tokenizer=None):
+                 text_length: int, num_classes: int | None = None, tokenizer=None,
+                 task: str = "classification", target_fields: dict | None = None,
+                 optional: Sequence[str] = ()):
         self.modalities = tuple(modalities)
         self.kwargs = dict(image_size=image_size, audio_samples=audio_samples,
-                           text_length=text_length, num_classes=num_classes, tokenizer=tokenizer)
+                           text_length=text_length, num_classes=num_classes, tokenizer=tokenizer,
+                           task=task, target_fields=target_fields, optional=tuple(optional))
 
     @classmethod
-    def from_config(cls, config, num_classes: int | None = None) -> "Preprocess":
+    def from_config(cls, config, num_classes: int | None = None, spec: dict | None = None) -> "Preprocess":
+        """For config.modalities and config.loss.task; `spec` (the data set's) gives the
+        target shapes and which modalities may be absent (None: classification, none)."""
         d = config.data
         tokenizer = make_tokenizer(d.get("tokenizer", "bytes")) if "text" in config.modalities else None
+        task = targets.task_of(config)
         return cls(config.modalities, image_size=d.image_size, audio_samples=d.audio_samples,
-                   text_length=d.text_length, num_classes=num_classes, tokenizer=tokenizer)
+                   text_length=d.text_length, num_classes=num_classes, tokenizer=tokenizer,
+                   task=task, target_fields=targets.batch_fields(spec, task),
+                   optional=[m for m in optional_modalities(spec) if m in config.modalities])
 
     def map(self, element):
         example = element if isinstance(element, dict) else codec.decode(element)

@@ -21,6 +21,8 @@ from typing import Any
 import grain
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from mmjax.data import targets
+
 FORMAT = "mmjax-v1"
 SPEC_FILE = "spec.json"
 MODALITY_FIELDS = {
@@ -76,7 +78,21 @@ def validate_spec(spec: Any, where: str = "spec") -> dict:
         for field in MODALITY_FIELDS[name]:
             if not isinstance(fields, dict) or not isinstance(fields.get(field), int):
                 raise ValueError(f"{where}: modalities.{name}.{field} must be an int")
+    optional = spec.get("optional_modalities", [])
+    if not isinstance(optional, list) or any(m not in modalities for m in optional):
+        raise ValueError(f"{where}: 'optional_modalities' must list some of the data set's "
+                         f"modalities ({', '.join(modalities)}), got {optional!r}")
+    targets.validate(spec, where)
     return spec
+
+
+def optional_modalities(spec: dict | None) -> tuple[str, ...]:
+    """The modalities some examples of the data set lack (spec 'optional_modalities').
+
+    The pipeline gives each of these a present_<modality> flag; other modalities are in
+    every example, and their batches stay as they were.
+    """
+    return () if spec is None else tuple(spec.get("optional_modalities", ()))
 
 
 def write_dataset(directory: str, records: Sequence[bytes], spec: dict,

@@ -22,6 +22,16 @@ plays note B = label, and the text names the class ("the answer is seven", sever
 templates with the same filler words). Any single modality determines the label, which
 makes it the test bed for missing modalities and modality dropout.
 
+Two variants label the same world for the other task heads:
+  'multilabel'  the image shows digit A, the audio plays note B and the text names a class
+                C (as in 'redundant'), all three independent; the labels are the set
+                {A, B, C} (one to three classes), stored as 'labels'. Every modality adds
+                a class, so all three are needed for an exact match.
+  'regression'  the tone's pitch is continuous, uniform on the mel scale between the
+                lowest and the highest note; the target (float32 [1], 'target') is that
+                position in [0, 1]. Image and text are nuisance (a random digit and
+                question); there are no class labels.
+
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
 """
@@ -73,7 +83,7 @@ REDUNDANT_STATEMENTS = ("the answer is {}", "it is {}", "{} it is", "that is {}"
                         "label: {}", "class {}")
 PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
 SUFFIXES = ("", "", " pls", " now", " :)", " ok")
-TASKS = ("default", "redundant")
+TASKS = ("default", "redundant", "multilabel", "regression")
 MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
                       + tuple(t.format(n) for t in REDUNDANT_STATEMENTS for n in CLASS_NAMES))
                   + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
@@ -124,10 +134,10 @@ def _draw_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _make_audio(rng: np.random.Generator, notes: np.ndarray, rate: int, max_samples: int):
-    """float32 [n, max_samples] waveforms (valid up to lengths[i]) and int lengths [n]."""
-    n = len(notes)
-    freqs = pitch_frequencies(rate)[notes]
+def _make_audio(rng: np.random.Generator, freqs: np.ndarray, rate: int, max_samples: int):
+    """float32 [n, max_samples] waveforms of tones at `freqs` (Hz), valid up to lengths[i],
+    and int lengths [n]."""
+    n = len(freqs)
     lengths = rng.integers(max_samples // 2, max_samples + 1, n)
     durations = np.maximum(1, (lengths * rng.uniform(0.3, 0.8, n)).astype(np.int64))
     onsets = (rng.random(n) * (lengths - durations + 1)).astype(np.int64)
@@ -175,6 +185,9 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
     'audio' float32 [n] with n in [audio_samples//2, audio_samples], 'text' str, 'label'
     int); latents is int64 [num_examples, 3] of (A, B, S) with S 0=image, 1=audio. For
     task='redundant', A = B = label and S is the class the text names (also the label).
+    For 'multilabel' the examples have 'labels' (int32 ids of {A, B, C}) instead of
+    'label' and latents are (A, B, C); for 'regression' they have 'target' (float32 [1])
+    instead, and latents are (A, -1, S): the pitch is continuous.
     """
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
@@ -182,6 +195,9 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
         raise ValueError(f"audio_samples={audio_samples} is too short; use >= {2 * _FADE}")
     if task not in TASKS:
         raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(TASKS)}")
+    if task in ("multilabel", "regression"):
+        return _generate_variant(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
+                                 audio_samples=audio_samples, task=task)
     rng = np.random.default_rng(seed)
     a = rng.integers(0, NUM_CLASSES, num_examples)
     b = rng.integers(0, NUM_CLASSES, num_examples)
@@ -190,7 +206,7 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
         b = s = a
     labels = np.where(s == IMAGE, a, b) if task == "default" else a
     images = _draw_images(rng, a, image_size)
-    audio, lengths = _make_audio(rng, b, audio_rate, audio_samples)
+    audio, lengths = _make_audio(rng, pitch_frequencies(audio_rate)[b], audio_rate, audio_samples)
     texts = _make_texts(rng, s, labels if task == "redundant" else None)
     examples = [
         {"image": images[i], "audio": audio[i, : lengths[i]].copy(), "text": texts[i],
@@ -200,10 +216,38 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
     return examples, np.stack([a, b, s], axis=1)
 
 
+def _generate_variant(num_examples: int, seed: int, *, image_size: int, audio_rate: int,
+                      audio_samples: int, task: str) -> tuple[list[dict], np.ndarray]:
+    """The 'multilabel' and 'regression' variants (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, NUM_CLASSES, num_examples)
+    c = rng.integers(0, NUM_CLASSES, num_examples)  # multilabel: the class the text names
+    if task == "multilabel":
+        b = rng.integers(0, NUM_CLASSES, num_examples)
+        freqs = pitch_frequencies(audio_rate)[b]
+    else:
+        position = rng.random(num_examples)  # the pitch, as a position on the notes' mel range
+        lo, hi = _hz_to_mel(pitch_frequencies(audio_rate)[[0, -1]])
+        freqs = _mel_to_hz(lo + position * (hi - lo))
+        b, c = np.full(num_examples, -1), c % 2  # c: which question the (nuisance) text asks
+    images = _draw_images(rng, a, image_size)
+    audio, lengths = _make_audio(rng, freqs, audio_rate, audio_samples)
+    texts = _make_texts(rng, c % 2, c if task == "multilabel" else None)
+    examples = []
+    for i in range(num_examples):
+        example = {"image": images[i], "audio": audio[i, : lengths[i]].copy(), "text": texts[i]}
+        if task == "multilabel":
+            example["labels"] = np.unique([a[i], b[i], c[i]]).astype(np.int32)
+        else:
+            example["target"] = np.asarray([position[i]], np.float32)
+        examples.append(example)
+    return examples, np.stack([a, b, c], axis=1)
+
+
 def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
-              num_examples: int = 0) -> dict:
+              num_examples: int = 0, task: str = "default") -> dict:
     """The spec.json of a synthetic split (contract format)."""
-    return {
+    spec = {
         "format": sources.FORMAT,
         "num_examples": num_examples,
         "num_classes": NUM_CLASSES,
@@ -214,6 +258,11 @@ def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
             "text": {"max_bytes": MAX_TEXT_BYTES},
         },
     }
+    if task == "multilabel":
+        spec["tasks"] = ["multilabel"]
+    elif task == "regression":  # no class labels: the target is the pitch
+        spec.update(tasks=["regression"], target_size=1, num_classes=0, class_names=[])
+    return spec
 
 
 def default_cache_dir(cache_dir: str = "") -> str:
@@ -281,7 +330,7 @@ def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
                                    audio_samples=params["audio_samples"],
                                    task=params.get("task", "default"))
             spec = make_spec(image_size=params["image_size"], audio_rate=params["audio_rate"],
-                             audio_samples=params["audio_samples"])
+                             audio_samples=params["audio_samples"], task=params.get("task", "default"))
             records = [codec.encode(e) for e in examples]
             del examples
             sources.write_dataset(os.path.join(tmp, split), records, spec, _num_shards(count))

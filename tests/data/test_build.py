@@ -214,8 +214,8 @@ def test_csv_bad_rows(files):
     (files / "u.jsonl").write_bytes(b'{"image": "a.png", "label": 0}\n{"image": "\xff.png"}\n')
     with pytest.raises(ValueError, match=r"u.jsonl line 2: is not valid UTF-8"):
         _build(files / "u.jsonl", files / "ds")
-    (files / "h.csv").write_text("image,labels\na.png,0\n")
-    with pytest.raises(ManifestError, match=r"h.csv line 1: unknown column 'labels'"):
+    (files / "h.csv").write_text("image,labl\na.png,0\n")
+    with pytest.raises(ManifestError, match=r"h.csv line 1: unknown column 'labl'"):
         _build(files / "h.csv", files / "ds")
 
 

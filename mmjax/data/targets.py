@@ -1,0 +1,137 @@
+"""What a data set's examples are labelled with, and the batch fields each task reads.
+
+A stored example carries one or more of:
+  'label'   int class id                    -> task 'classification'
+  'labels'  int32 [k] distinct class ids    -> task 'multilabel' (k may be 0)
+  'target'  float32 [T]                     -> task 'regression'
+spec.json lists those it has in 'tasks' (absent: ['classification'], as in every data set
+written before multi-label and regression existed) and gives T as 'target_size'. The
+classes of 'label' and 'labels' are the spec's class_names.
+
+config.loss.task picks one; the batch then carries what the objective reads:
+'classification' label int32 [B]; 'multilabel' label float32 [B, C] multi-hot;
+'regression' target float32 [B, T]; 'none' (contrastive only) label int32 [B] when the
+data have class labels, else nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+TASKS = ("classification", "multilabel", "regression")
+STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression": "target"}
+
+
+def task_of(config: Any) -> str:
+    """config.loss.task ('classification' for configs without a loss group)."""
+    loss = config.get("loss")
+    return "classification" if loss is None else str(loss.get("task", "classification"))
+
+
+def spec_tasks(spec: Mapping | None) -> tuple[str, ...]:
+    """The tasks a data set's examples are labelled for (None: a classification data set)."""
+    return ("classification",) if spec is None else tuple(spec.get("tasks", ("classification",)))
+
+
+def validate(spec: Mapping, where: str) -> None:
+    """Checks 'tasks' and 'target_size'; raises ValueError naming the bad field."""
+    tasks = spec.get("tasks", ["classification"])
+    if not isinstance(tasks, list) or not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"{where}: 'tasks' must be a non-empty list of {', '.join(TASKS)}, got {tasks!r}")
+    if "regression" in tasks:
+        size = spec.get("target_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}: 'target_size' must be a positive int for regression, got {size!r}")
+    if ("classification" in tasks or "multilabel" in tasks) and spec["num_classes"] < 1:
+        raise ValueError(f"{where}: a data set with class labels needs num_classes >= 1")
+
+
+def check_task(spec: Mapping, task: str, where: str) -> None:
+    """Raises ValueError if the data set has no targets for config.loss.task."""
+    if task == "none" or task in spec_tasks(spec):
+        return
+    if task not in TASKS:
+        raise ValueError(f"config.loss.task={task!r} is not one of {[*TASKS, 'none']}")
+    has = ", ".join(spec_tasks(spec))
+    raise ValueError(
+        f"config.loss.task={task!r} but the data set {where} has no {STORED_FIELD[task]!r} field "
+        f"(its examples are labelled for: {has}); set --config.loss.task to one of those, or "
+        f"build a data set whose manifest rows have {STORED_FIELD[task]!r}")
+
+
+def check_same_targets(train_spec: Mapping, eval_spec: Mapping, task: str) -> None:
+    """Train and eval must have the same number of regression targets."""
+    if task == "regression" and train_spec.get("target_size") != eval_spec.get("target_size"):
+        raise ValueError(
+            f"config.data.train has {train_spec.get('target_size')} regression targets per example "
+            f"but config.data.eval has {eval_spec.get('target_size')}; build both from the same kind of manifest")
+
+
+def num_outputs(spec: Mapping | None, task: str, default_classes: int = 0) -> int:
+    """How many outputs the model's head needs: C classes, or T regression targets."""
+    if task == "regression":
+        return int(spec["target_size"])
+    classes = default_classes if spec is None else int(spec["num_classes"])
+    return max(1, classes)  # task 'none' on data without classes still builds a (unused) head
+
+
+def batch_fields(spec: Mapping | None, task: str) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{batch key: (per-example shape, dtype)} of the target fields for `task`."""
+    if task == "classification" or (task == "none" and "classification" in spec_tasks(spec)):
+        return {"label": ((), np.int32)}
+    if task == "none":
+        return {}
+    if spec is None:
+        raise ValueError(f"config.loss.task={task!r} needs the data set's spec for the target shape")
+    if task == "multilabel":
+        return {"label": ((int(spec["num_classes"]),), np.float32)}
+    return {"target": ((int(spec["target_size"]),), np.float32)}
+
+
+def example_targets(example: Mapping, fields: Mapping[str, tuple], task: str,
+                    num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """A stored example's target fields as batch-row arrays (`fields` from batch_fields)."""
+    out = {}
+    for key, (shape, _) in fields.items():
+        name = "label" if task == "none" else STORED_FIELD[task]
+        if name not in example:
+            raise ValueError(f"stored example has no {name!r} field (it has {sorted(example)})")
+        value = example[name]
+        if name == "label":
+            out[key] = class_id(value, num_classes)
+        elif name == "labels":
+            out[key] = multi_hot(value, shape[0])
+        else:
+            out[key] = regression_target(value, shape[0])
+    return out
+
+
+def class_id(label: Any, num_classes: int | None) -> np.ndarray:
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+        raise ValueError(f"'label' must be an int, got {label!r}")
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise ValueError(f"'label' {label} is outside 0..{(num_classes or 1) - 1}")
+    return np.asarray(label, np.int32)
+
+
+def multi_hot(ids: Any, num_classes: int) -> np.ndarray:
+    """int class ids [k] -> float32 [num_classes] with 1 at each id."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise ValueError(f"'labels' must be a 1-D array of class ids, got {ids.dtype} {list(ids.shape)}")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        raise ValueError(f"'labels' {ids.tolist()} has an id outside 0..{num_classes - 1}")
+    out = np.zeros(num_classes, np.float32)
+    out[ids.astype(np.int64)] = 1.0
+    return out
+
+
+def regression_target(value: Any, size: int) -> np.ndarray:
+    """A stored 'target' -> float32 [size]; raises ValueError for another size."""
+    target = np.asarray(value, np.float32).reshape(-1)
+    if target.shape != (size,):
+        raise ValueError(f"'target' has {target.size} values; the data set's target_size is {size}")
+    return target
