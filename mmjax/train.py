@@ -295,6 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         "mesh": dict(mesh.shape),
         "process_count": jax.process_count(),
         "num_classes": num_classes,
+        "class_names": list(train_source.spec.get("class_names", [])),  # for mmjax.export
         "versions": _versions(),
     }
     train_iter = pipeline.train_batches(
