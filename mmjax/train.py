@@ -35,6 +35,7 @@ from mmjax import config as config_lib
 from mmjax import distributed
 from mmjax import metrics as metrics_lib
 from mmjax import objectives
+from mmjax import pretrained
 from mmjax import sharding
 from mmjax.config import UserError
 from mmjax.data import pipeline, sources
@@ -62,6 +63,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
         optax.clip_by_global_norm(o.grad_clip),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
     )
+    tx = pretrained.freeze(tx, config.get("frozen", ()))  # config.frozen: no updates, no state
     return tx, schedule
 
 
@@ -264,6 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             print(f"resuming from {workdir}/checkpoints/{start_step}", flush=True)
     else:
         state = init_fn(init_rng)
+        state = pretrained.load_into(state, config)  # an export's parameters, if config.init_from
         start_batch = 0
     if is_primary and not start_step:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
