@@ -94,6 +94,14 @@ def get_config(arg=None):
     c.modality_dropout = 0.0
     c.eval_without = ()
 
+    # Pretrained parts: init_from is an export folder (python -m mmjax.export) whose parameters
+    # replace the fresh ones at step 0 (never when resuming); init_from_prefix loads only one
+    # sub-tree, e.g. 'image' (the image encoder), '' = all. frozen: parameter-path prefixes,
+    # e.g. ('image',), that never change and get no optimizer state. See mmjax/pretrained.py.
+    c.init_from = ""
+    c.init_from_prefix = ""
+    c.frozen = ()
+
     # Objective: loss.task 'classification' | 'multilabel' | 'regression' | 'none' (the data
     # set must be labelled for it, spec.json 'tasks': 'label', 'labels' or 'target'), plus
     # loss.contrastive 'none' | 'sigmoid' (SigLIP) | 'softmax' (CLIP) between the pooled

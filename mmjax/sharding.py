@@ -97,7 +97,10 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def logical_shardings(boxed_abstract_tree, mesh: Mesh):
     """NamedShardings for a tree whose leaves carry logical names (nn.LogicallyPartitioned)."""
     specs = nn.get_partition_spec(boxed_abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+    # One spec at a time: flax's own tree walk takes any empty tuple for a spec, including
+    # optax's MaskedNode (the no-state marker of frozen parameters), which holds no array.
+    return jax.tree.map(lambda spec: nn.logical_to_mesh_sharding(spec, mesh, LOGICAL_RULES), specs,
+                        is_leaf=lambda x: isinstance(x, P))
 
 
 def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -35,6 +35,7 @@ from mmjax import config as config_lib
 from mmjax import distributed
 from mmjax import metrics as metrics_lib
 from mmjax import objectives
+from mmjax import pretrained
 from mmjax import sharding
 from mmjax.config import UserError
 from mmjax.data import pipeline, sources, targets
@@ -74,6 +75,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
         optax.clip_by_global_norm(o.grad_clip),
         optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay, mask=decay_mask),
     )
+    tx = pretrained.freeze(tx, config.get("frozen", ()))  # config.frozen: no updates, no state
     return tx, schedule
 
 
@@ -293,6 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             print(f"resuming from {workdir}/checkpoints/{start_step}", flush=True)
     else:
         state = init_fn(init_rng)
+        state = pretrained.load_into(state, config)  # an export's parameters, if config.init_from
         start_batch = 0
     if is_primary and not start_step:
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -325,6 +328,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         "mesh": dict(mesh.shape),
         "process_count": jax.process_count(),
         "num_classes": num_classes,
+        "class_names": list(train_source.spec.get("class_names", [])),  # for mmjax.export
         "versions": _versions(),
     }
     train_iter = pipeline.train_batches(

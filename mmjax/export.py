@@ -1,0 +1,268 @@
+"""Writes a self-contained inference artifact from a training run's checkpoint.
+
+    python -m mmjax.export --workdir=W [--step=N] --out=E [--dtype=float32|bfloat16] [--overwrite]
+
+E/ holds everything `python -m mmjax.predict` (jax + numpy only) needs:
+  export.json            format, modalities, class names, input shapes, preprocessing spec
+                         (image size and normalisation, audio rate/length and spectrogram
+                         settings, tokenizer), the run's config, step and versions
+  params.safetensors     the parameters, flat 'image/.../kernel' names, float32 or bfloat16
+  predict.jax_exported   the inference function serialized with jax.export (StableHLO) for
+                         CPU, CUDA and TPU, with a symbolic batch size:
+                         f(params, batch) -> {'logits', 'probabilities'} [b, classes]
+  tokenizer.model        the SentencePiece model, when the run used one
+Text and audio lengths are fixed at the run's data.text_length and data.audio_samples: the
+encoders' learned position tables have that many rows, so the predictor pads and cuts inputs
+exactly as the training pipeline did (padding is masked inside the model). The folder is
+written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmjax import checkpoint as ckpt_lib
+from mmjax import predict as predict_lib
+from mmjax import sharding
+from mmjax.config import UserError
+from mmjax.models.multimodal import build_model
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+DTYPES = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------- parameter trees
+def flatten_params(params) -> dict[str, np.ndarray]:
+    """Nested param dict -> {'image/pos_embed/embedding': array} (numpy)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nn.unbox(params)):
+        flat["/".join(str(k.key) for k in path)] = np.asarray(jax.device_get(leaf))
+    return flat
+
+
+def unflatten_params(flat: dict) -> dict:
+    """Inverse of flatten_params (works on jax arrays and tracers too)."""
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+# ---------------------------------------------------------------- restoring a run
+def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise UserError(f"--workdir={workdir} has no checkpoints ({directory} does not exist); "
+                        "train first with python -m mmjax.train --workdir=...")
+    return ckpt_lib.Checkpointer(directory, max_to_keep=1 << 30, async_save=False)
+
+
+def restore_params(workdir: str, step: int | None = None):
+    """(config, params as numpy tree, step, meta) of a run's checkpoint (latest by default)."""
+    from mmjax import train as train_lib  # the run's optimizer shapes the state to restore
+
+    checkpointer = _checkpointer(workdir)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise UserError(f"--workdir={workdir} has no checkpoints in {workdir}/checkpoints; "
+                            "train first with python -m mmjax.train --workdir=...")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise UserError(f"--step={step}: {workdir}/checkpoints has steps "
+                            f"{', '.join(map(str, sorted(steps)))}")
+        meta = checkpointer.read_meta(step)
+        config = ml_collections.ConfigDict(meta["config"])
+        model = build_model(config, int(meta["num_classes"]))
+        tx, _ = train_lib.make_optimizer(config)
+        mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+        shapes = train_lib.batch_shapes(config, 1)
+        abstract, _, _ = train_lib.sharded_state_shapes(model, tx, shapes, mesh)
+        state, _, _ = checkpointer.restore(step, abstract)
+    finally:
+        checkpointer.close()
+    return config, jax.device_get(state.params), step, meta
+
+
+def _class_names(config, meta: dict) -> list[str]:
+    names = meta.get("class_names")
+    if names:
+        return [str(n) for n in names]
+    try:  # runs from before meta carried the names: read them from the training data
+        from mmjax.data import sources
+
+        return [str(n) for n in sources.open_source(config.data.train, "train", config.data).spec["class_names"]]
+    except (ValueError, OSError):
+        return [str(i) for i in range(int(meta["num_classes"]))]
+
+
+# ---------------------------------------------------------------- the exported function
+def input_specs(config) -> dict[str, tuple[tuple, str]]:
+    """Batch fields the exported function takes: name -> (shape with None for batch, dtype)."""
+    from mmjax import train as train_lib
+
+    specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in train_lib.batch_shapes(config, 1).items()
+             if k != "label"}
+    for m in config.modalities:
+        specs[f"present_{m}"] = ((None,), "bool")
+    return specs
+
+
+def export_function(config, num_classes: int, flat_params: dict, *, platforms=PLATFORMS) -> bytes:
+    """jax.export of params, batch -> {'logits', 'probabilities'}; the batch size is symbolic."""
+    if config.loss.get("task", "classification") != "classification":
+        raise UserError(f"config.loss.task={config.loss.task!r}: export supports classification runs")
+    model = build_model(config, num_classes)
+
+    def infer(params: dict, batch: dict) -> dict:
+        params = unflatten_params({k: v.astype(jnp.float32) for k, v in params.items()})
+        logits = model.apply({"params": params}, batch, train=False).astype(jnp.float32)
+        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+
+    (b,) = jax.export.symbolic_shape("b")
+    abstract_batch = {k: jax.ShapeDtypeStruct((b, *shape[1:]), dtype) for k, (shape, dtype) in input_specs(config).items()}
+    abstract_params = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat_params.items()}
+    exported = jax.export.export(jax.jit(infer), platforms=tuple(platforms))(abstract_params, abstract_batch)
+    return bytes(exported.serialize())
+
+
+# ---------------------------------------------------------------- the folder
+def _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file) -> dict:
+    d, m = config.data, config.model
+    preprocess = {}
+    if "image" in config.modalities:
+        preprocess["image"] = {"size": int(d.image_size), "channels": "RGB uint8",
+                               "resize": "centred square, then bilinear (antialiased) to size x size",
+                               "normalisation": "x / 127.5 - 1, inside the exported function"}
+    if "audio" in config.modalities:
+        preprocess["audio"] = {"sample_rate": int(d.audio_rate), "samples": int(d.audio_samples),
+                               "mono": "channels averaged", "resampling": "polyphase FIR (Kaiser 5)",
+                               "spectrogram": {"kind": "log-mel, inside the exported function",
+                                               "n_mels": int(m.audio.n_mels), "window": int(m.audio.window),
+                                               "hop": int(m.audio.hop)}}
+    if "text" in config.modalities:
+        preprocess["text"] = {"length": int(d.text_length), "tokenizer": tokenizer_file or "bytes",
+                              "ids": "tokenizer ids + 2; 0 = padding, 1 = reserved"}
+    return {
+        "format": predict_lib.FORMAT,
+        "modalities": list(config.modalities),
+        "class_names": class_names,
+        "inputs": {k: {"shape": list(s), "dtype": dt} for k, (s, dt) in input_specs(config).items()},
+        "outputs": {"logits": [None, len(class_names)], "probabilities": [None, len(class_names)]},
+        "preprocess": preprocess,
+        "params_file": predict_lib.PARAMS_FILE,
+        "param_dtype": dtype,
+        "function_file": predict_lib.FUNCTION_FILE,
+        "platforms": list(platforms),
+        "source": {"workdir": os.path.abspath(workdir), "step": int(step)},
+        "versions": {**meta.get("versions", {}), "jax": jax.__version__},
+        "config": config.to_dict(),
+    }
+
+
+def _replace_folder(tmp: str, out: str, overwrite: bool) -> None:
+    """Moves the finished temporary folder to `out`; an older export there is replaced only
+    with overwrite, and only after the new one is complete."""
+    if not os.path.exists(out):
+        os.rename(tmp, out)
+        return
+    old = f"{out}.old-{os.getpid()}"
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "float32",
+           platforms=PLATFORMS, overwrite: bool = False, log=print) -> dict:
+    """Exports a run's checkpoint to the folder `out` (see module docstring); returns its spec."""
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if os.path.exists(out):
+        if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, predict_lib.SPEC_FILE))):
+            raise UserError(f"--out={out} exists and is not an export; choose another folder")
+        if os.listdir(out) and not overwrite:
+            raise UserError(f"--out={out} already holds an export; pass --overwrite to replace it")
+    config, params, step, meta = restore_params(workdir, step)
+    class_names = _class_names(config, meta)
+    flat = flatten_params(params)
+    if dtype == "bfloat16":
+        flat = {k: v.astype(jnp.bfloat16) for k, v in flat.items()}
+    function = export_function(config, len(class_names), flat, platforms=platforms)
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
+    try:
+        tokenizer_file = None
+        if "text" in config.modalities and config.data.get("tokenizer", "bytes") not in ("", "bytes"):
+            tokenizer_file = predict_lib.TOKENIZER_FILE
+            shutil.copyfile(config.data.tokenizer, os.path.join(tmp, tokenizer_file))
+        spec = _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file)
+        predict_lib.write_safetensors(os.path.join(tmp, predict_lib.PARAMS_FILE), flat,
+                                      {"format": predict_lib.FORMAT, "step": step})
+        with open(os.path.join(tmp, predict_lib.FUNCTION_FILE), "wb") as f:
+            f.write(function)
+        with open(os.path.join(tmp, predict_lib.SPEC_FILE), "w", encoding="utf-8") as f:
+            json.dump(spec, f, indent=2)
+            f.write("\n")
+        if os.path.exists(out) and not os.listdir(out):
+            os.rmdir(out)
+        _replace_folder(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    n_params = sum(v.size for v in flat.values())
+    log(f"exported {workdir} step {step} ({n_params:,} {dtype} parameters, {len(class_names)} classes, "
+        f"{', '.join(config.modalities)}; {', '.join(platforms)}) to {out} ({size / 1e6:.2f} MB)")
+    return spec
+
+
+# ---------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmjax.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="the training run's workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", required=True, help="the export folder to write")
+    p.add_argument("--dtype", default="float32", help="parameter dtype in the export: float32 or bfloat16")
+    p.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated: cpu,cuda,tpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+        unknown = [p for p in platforms if p not in PLATFORMS]
+        if not platforms or unknown:
+            raise UserError(f"--platforms={args.platforms!r}: choose from {', '.join(PLATFORMS)}")
+        export(args.workdir, args.out, step=args.step, dtype=args.dtype, platforms=platforms,
+               overwrite=args.overwrite)
+    except UserError as e:
+        print(f"mmjax.export: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
