@@ -64,17 +64,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     kind, eps = o.get("kind", "adamw"), o.get("eps", 1e-8)
     if kind == "adam":
         schedule = optax.constant_schedule(o.lr)
-        return optax.adam(schedule, b1=o.b1, b2=o.b2, eps=eps), schedule
-    if kind != "adamw":
+        tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=eps)
+    elif kind == "adamw":
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, end_value=0.0
+        )
+        decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+        tx = optax.chain(
+            optax.clip_by_global_norm(o.grad_clip),
+            optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay, mask=decay_mask),
+        )
+    else:
         raise UserError(f"config.optim.kind={kind!r} is not one of {list(config_lib.OPTIMIZERS)}")
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps, decay_steps=config.total_steps, end_value=0.0
-    )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=eps, weight_decay=o.weight_decay, mask=decay_mask),
-    )
     tx = pretrained.freeze(tx, config.get("frozen", ()))  # config.frozen: no updates, no state
     return tx, schedule
 
