@@ -11,7 +11,7 @@ point, so tests can check that a crash loses nothing (tests/test_resume.py). It 
 here only, and does nothing when unset. Comma-separated entries:
 
     kill_after_step=N    after step N has run and its metrics are logged, before step N's
-                         eval or checkpoint
+                         eval or checkpoint (earlier checkpoints are complete by then)
     kill_during_save=N   while step N's checkpoint is being saved: every file written,
                          the save not yet committed (the rename from the temporary folder)
 """
@@ -50,9 +50,12 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_after_step(step: int) -> None:
-    """Called by the loop after each step; kills the process at the injected step."""
+def kill_after_step(step: int, settle: Callable[[], None] = lambda: None) -> None:
+    """Called by the loop after each step; kills the process at the injected step, after
+    `settle()` (the loop waits there for checkpoints in flight, so which ones survive is
+    known rather than a race)."""
     if injected().get("kill_after_step") == step:
+        settle()
         _die()
 
 

@@ -350,7 +350,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             pending = None
             writers.write(done, window.summary(config.batch_size))
             window.reset()
-        faults.kill_after_step(done)  # no-op unless MMJAX_FAULT_INJECT asks (tests)
+        faults.kill_after_step(done, checkpointer.wait)  # no-op unless MMJAX_FAULT_INJECT asks (tests)
         side_start = time.perf_counter()
         if done % config.eval_every == 0 or is_last:
             eval_metrics = evaluate(state)
