@@ -273,6 +273,11 @@ def check_compatible(meta: dict, abstract_state: Any, config: dict, where: str) 
 
 
 # --------------------------------------------------------------------------- time-based saves
+def _now() -> float:
+    """The clock of time-based saves (tests replace it)."""
+    return time.monotonic()
+
+
 class SaveTimer:
     """Says whether `every_seconds` have passed since the last save (0: never).
 
@@ -280,10 +285,10 @@ class SaveTimer:
     host saves at the same step.
     """
 
-    def __init__(self, every_seconds: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, every_seconds: float, clock: Callable[[], float] | None = None):
         self.every_seconds = float(every_seconds)
-        self._clock = clock
-        self._last = clock()
+        self._clock = clock or _now
+        self._last = self._clock()
 
     def due(self) -> bool:
         if self.every_seconds <= 0:
