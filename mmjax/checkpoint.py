@@ -16,6 +16,7 @@ is tried; if none is intact the run stops with a UserError.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,9 @@ class Checkpointer:
     """Saves and restores (state, data_state, meta) triples under one directory."""
 
     def __init__(self, directory: str | epath.Path, *, max_to_keep: int, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        directory = str(directory)
+        # Orbax needs absolute paths; '--workdir=runs/x' is relative to where the run started.
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
