@@ -108,8 +108,8 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
             raise CheckpointDamaged(f"cannot read it: {_short(e)}") from e
         expected = meta.get("fingerprints")
-        if expected is None:
-            raise CheckpointDamaged("its metadata has no fingerprints")
+        if expected is None:  # saved before fingerprints existed: nothing to check against
+            return state, data_state, meta
         actual = fingerprints(state)
         changed = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         if changed:
@@ -145,6 +145,8 @@ class Checkpointer:
             if ok:
                 for bad in damaged:
                     self._move_aside(bad)
+                if "fingerprints" not in result[2]:
+                    log(f"checkpoint {where} has no checksums (saved by an older mmjax); restored unverified")
                 return (step, *result)
             damaged.append(step)
             after = f"; falling back to {steps[i + 1]}" if i + 1 < len(steps) else ""

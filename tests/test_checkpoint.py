@@ -1,5 +1,6 @@
 """Checkpoint integrity: fingerprints, damaged steps fall back, incompatible configs refused."""
 import glob
+import json
 import os
 import shutil
 
@@ -165,3 +166,18 @@ def test_time_based_checkpoints_in_the_loop(tiny_config, tmp_path, monkeypatch):
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     # Due at the 3rd reading after each save (30 s >= 25 s); the last step always saves.
     assert steps == [3, 6, 7]
+
+
+def test_checkpoint_without_checksums_restores_with_a_note(tmp_path):
+    """Checkpoints saved before fingerprints existed still resume (and say so)."""
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, steps=(1,))
+    meta_file = directory / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["fingerprints"]
+    meta_file.write_text(json.dumps(meta))
+    lines = []
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    step, _, _, _ = checkpointer.restore_latest_intact(ckpt_lib.abstract_like(make_state()), {"x": 1}, log=lines.append)
+    assert step == 1 and lines == [f"checkpoint {directory}/1 has no checksums (saved by an older mmjax); restored unverified"]
+    checkpointer.close()
