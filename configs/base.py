@@ -24,6 +24,8 @@ def get_config(arg=None):
     c.eval_every = 500
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    c.checkpoint_every_seconds = 0.0  # also save when this much time passed since the last save; 0: off
+    c.max_bad_steps = 10  # stop after this many consecutive steps with a non-finite loss/gradient
 
     # Device mesh: sizes per axis; -1 takes the remaining devices. The batch is split over
     # data x fsdp, parameters over fsdp, attention heads and MLP over tensor.

@@ -4,15 +4,32 @@ Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. Saves are asynchronous (
 goes on while the arrays are written) and atomic (Orbax writes a temporary folder and
 renames it, so a killed save leaves nothing that looks complete). Restores take an abstract
 target with shardings, so a checkpoint written on one mesh loads onto another.
+
+Integrity. Every save records in its metadata a fingerprint of each state array
+(computed on device, see `fingerprints`) and the state's shapes. `restore_latest_intact`
+checks the shapes against the current model first (a different model is refused, naming
+the config keys that differ), then restores and recomputes the fingerprints. A step that
+fails to restore (missing or truncated files) or whose arrays changed (overwritten bytes)
+is reported in one line, moved to WORKDIR/damaged_checkpoints/, and the next older step
+is tried; if none is intact the run stops with a UserError.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from mmjax import faults
+from mmjax.config import UserError
 
 STATE, DATA, META = "state", "data", "meta"
 
@@ -21,13 +38,17 @@ class Checkpointer:
     """Saves and restores (state, data_state, meta) triples under one directory."""
 
     def __init__(self, directory: str | epath.Path, *, max_to_keep: int, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        directory = str(directory)
+        # Orbax needs absolute paths; '--workdir=runs/x' is relative to where the run started.
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 enable_async_checkpointing=async_save,
                 create=True,
+                cleanup_tmp_directories=True,  # what a save killed mid-way left behind
+                temporary_path_class=faults.checkpoint_temporary_path_class(),  # None unless injecting
             ),
             item_names=(STATE, DATA, META),
         )
@@ -39,7 +60,12 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
-        """Starts an asynchronous save; returns once the arrays are safe to mutate/donate."""
+        """Starts an asynchronous save; returns once the arrays are safe to mutate/donate.
+
+        `meta` gains 'state_shapes' and 'fingerprints' (one uint32 per array), which
+        restores check.
+        """
+        meta = {**meta, "state_shapes": state_shapes(state), "fingerprints": fingerprints(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -71,6 +97,81 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
         return dict(restored[META])
 
+    def restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores a step and checks its arrays against the fingerprints in its metadata.
+
+        Raises CheckpointDamaged (with a short reason) for files that are missing,
+        truncated or unreadable, and for arrays whose contents changed.
+        """
+        try:
+            state, data_state, meta = self.restore(step, abstract_state)
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+            raise CheckpointDamaged(f"cannot read it: {_short(e)}") from e
+        expected = meta.get("fingerprints")
+        if expected is None:  # saved before fingerprints existed: nothing to check against
+            return state, data_state, meta
+        actual = fingerprints(state)
+        changed = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise CheckpointDamaged(f"array '{changed[0]}'{more} does not match its checksum")
+        return state, data_state, meta
+
+    def restore_latest_intact(self, abstract_state: Any, config: dict,
+                              log: Callable[[str], None] = print) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, data_state, meta) of the newest intact checkpoint, or None if there is none.
+
+        Damaged steps are reported through `log`, one line each, and moved aside once an
+        intact one is found. A checkpoint of a different model raises UserError naming the
+        config keys that differ; no checkpoint is intact -> UserError.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        damaged = []
+        for i, step in enumerate(steps):
+            where = f"{self.directory}/{step}"
+            why = "another host could not restore it"
+            try:
+                try:
+                    meta = self.read_meta(step)
+                except Exception as e:  # noqa: BLE001
+                    raise CheckpointDamaged(f"cannot read its metadata: {_short(e)}") from e
+                check_compatible(meta, abstract_state, config, where)
+                result = self.restore_verified(step, abstract_state)
+                ok = True
+            except CheckpointDamaged as e:
+                ok, why = False, str(e)
+            if jax.process_count() > 1:  # every host must choose the same step
+                ok = bool(multihost_utils.process_allgather(np.asarray(ok)).all())
+            if ok:
+                for bad in damaged:
+                    self._move_aside(bad)
+                if "fingerprints" not in result[2]:
+                    log(f"checkpoint {where} has no checksums (saved by an older mmjax); restored unverified")
+                return (step, *result)
+            damaged.append(step)
+            after = f"; falling back to {steps[i + 1]}" if i + 1 < len(steps) else ""
+            log(f"checkpoint {where} is damaged ({why}){after}")
+        if damaged:
+            raise UserError(
+                f"no intact checkpoint in {self.directory}: step(s) {', '.join(map(str, damaged))} are damaged; "
+                "move them away to start afresh, or restore them from a copy"
+            )
+        return None
+
+    def _move_aside(self, step: int) -> None:
+        """Moves a damaged step out of the way (kept, not deleted: a person may want it)."""
+        if jax.process_index() == 0:
+            target = self.directory.parent / "damaged_checkpoints" / str(step)
+            n = 0
+            while target.exists():
+                n += 1
+                target = target.with_name(f"{step}-{n}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("mmjax_move_damaged_checkpoint")
+        self._manager.reload()
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
@@ -82,3 +183,125 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) for a tree of jax arrays, to restore onto."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint step that cannot be restored as saved; the message says why."""
+
+
+def _short(e: Exception) -> str:
+    """One short line from a library exception (tensorstore messages run for pages)."""
+    text = str(e).split("\n")[0].split(". See full TensorStore")[0].strip()
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- fingerprints
+def _paths_and_leaves(tree: Any) -> list[tuple[str, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat]
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """sum_i w_i * word_i mod 2**32 over the array's 32-bit words, with odd weights w_i.
+
+    Any change of one word changes the sum (an odd weight times a nonzero difference is
+    nonzero mod 2**32), and integer sums give the same answer in any order, so any
+    sharding on any number of hosts agrees.
+    """
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    if x.dtype.itemsize == 4:
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize < 4:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16}[x.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    else:  # 64-bit values: two words each
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    words = words.reshape(-1)
+    position = jnp.arange(words.size, dtype=jnp.uint32)
+    weights = position * jnp.uint32(2654435761) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprint_leaves(leaves: list) -> jax.Array:
+    return jnp.stack([_leaf_fingerprint(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
+
+
+def fingerprints(state: Any) -> dict[str, int]:
+    """{path: uint32 fingerprint} of every array in `state`, computed on device in one call."""
+    named = _paths_and_leaves(state)
+    values = _fingerprint_leaves([leaf for _, leaf in named])
+    if jax.process_count() > 1 and not values.is_fully_addressable:
+        values = multihost_utils.process_allgather(values, tiled=True)
+    values = np.asarray(jax.device_get(values))
+    return {name: int(v) for (name, _), v in zip(named, values)}
+
+
+def state_shapes(state: Any) -> dict[str, list]:
+    """{path: [shape, dtype]} of every array (or ShapeDtypeStruct) in `state`."""
+    return {name: [list(x.shape), str(np.dtype(x.dtype))] for name, x in _paths_and_leaves(state)}
+
+
+# --------------------------------------------------------------------------- compatibility
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model.image.width': 64, ...} from a nested config dict."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_compatible(meta: dict, abstract_state: Any, config: dict, where: str) -> None:
+    """Refuses (UserError) a checkpoint whose state shapes differ from the current model's,
+    naming the config keys that differ; other config changes (lr, steps) are allowed."""
+    saved = meta.get("state_shapes")
+    if saved is None or saved == state_shapes(abstract_state):
+        return
+    before, now = flatten_config(meta.get("config", {})), flatten_config(config)
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if keys:
+        shown = ", ".join(f"{k} ({before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r})" for k in keys[:8])
+        differs = f"config keys that differ: {shown}" + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+    else:
+        current = state_shapes(abstract_state)
+        leaf = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))[0]
+        differs = f"the config is the same but the array '{leaf}' differs (the code changed?)"
+    raise UserError(
+        f"checkpoint {where} holds a model with different shapes; {differs}. "
+        "Resume with the checkpoint's config, or use a new --workdir"
+    )
+
+
+# --------------------------------------------------------------------------- time-based saves
+def _now() -> float:
+    """The clock of time-based saves (tests replace it)."""
+    return time.monotonic()
+
+
+class SaveTimer:
+    """Says whether `every_seconds` have passed since the last save (0: never).
+
+    On several hosts, process 0's clock decides and the answer is broadcast, so every
+    host saves at the same step.
+    """
+
+    def __init__(self, every_seconds: float, clock: Callable[[], float] | None = None):
+        self.every_seconds = float(every_seconds)
+        self._clock = clock or _now
+        self._last = self._clock()
+
+    def due(self) -> bool:
+        if self.every_seconds <= 0:
+            return False
+        due = self._clock() - self._last >= self.every_seconds
+        if jax.process_count() > 1:
+            due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+        return due
+
+    def saved(self) -> None:
+        self._last = self._clock()

@@ -136,8 +136,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(len(set(mods)) == len(mods), "modalities", f"{mods} lists a modality twice")
     for m in mods:
         _require(m in MODALITIES, "modalities", f"'{m}' is not one of {', '.join(MODALITIES)}")
-    for key in ("total_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for key in ("total_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                "max_bad_steps"):
         _require(isinstance(config[key], int) and config[key] > 0, key, f"must be a positive integer, got {config[key]!r}")
+    _require(config.checkpoint_every_seconds >= 0, "checkpoint_every_seconds",
+             f"must be >= 0 (0: off), got {config.checkpoint_every_seconds}")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         _require(size == -1 or size >= 1, f"mesh.{axis}", f"must be -1 (fill) or >= 1, got {size}")

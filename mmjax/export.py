@@ -94,7 +94,11 @@ def restore_params(workdir: str, step: int | None = None):
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
         shapes = train_lib.batch_shapes(config, 1)
         abstract, _, _ = train_lib.sharded_state_shapes(model, tx, shapes, mesh)
-        state, _, _ = checkpointer.restore(step, abstract)
+        try:  # a damaged checkpoint is never exported
+            state, _, _ = checkpointer.restore_verified(step, abstract)
+        except ckpt_lib.CheckpointDamaged as e:
+            raise UserError(f"checkpoint {workdir}/checkpoints/{step} is damaged ({e}); "
+                            "export another step with --step") from None
     finally:
         checkpointer.close()
     return config, jax.device_get(state.params), step, meta

@@ -17,9 +17,16 @@ import numpy as np
 
 
 class JsonlWriter:
-    """One JSON object per line: {"step": N, "name": value, ...}, flushed every write."""
+    """One JSON object per line: {"step": N, "name": value, ...}, flushed every write.
 
-    def __init__(self, path: str):
+    `resume_step=S` first drops the rows of steps after S (and a line cut short by a
+    crash): a run resumed from the checkpoint at S logs those steps again, and the file
+    then holds each step once, as if the run had never stopped.
+    """
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        if resume_step is not None and os.path.exists(path):
+            _drop_rows_after(path, resume_step)
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -29,6 +36,27 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Rewrites `path` without rows whose step is past `step` (atomically: temp + rename)."""
+    kept, dropped = [], False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                keep = line.endswith("\n") and int(row["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped = True
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
 
 
 class TensorBoardWriter:
@@ -96,21 +124,27 @@ class MetricWriters:
             w.close()
 
 
-def create_writers(workdir: str, total_steps: int, *, is_primary: bool) -> MetricWriters:
+def create_writers(workdir: str, total_steps: int, *, is_primary: bool,
+                   resume_step: int | None = None) -> MetricWriters:
     if not is_primary:
         return MetricWriters()
     os.makedirs(workdir, exist_ok=True)
     return MetricWriters(
         [
             ProgressWriter(total_steps),
-            JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+            JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step),
             TensorBoardWriter(os.path.join(workdir, "tensorboard")),
         ]
     )
 
 
 class MeanAccumulator:
-    """Averages per-step scalars over a logging window, plus the window's throughput."""
+    """Averages per-step scalars over a logging window, plus the window's throughput.
+
+    Names in SUMMED are counts and are summed over the window instead.
+    """
+
+    SUMMED = frozenset({"train/skipped_steps"})
 
     def __init__(self):
         self.reset()
@@ -132,7 +166,7 @@ class MeanAccumulator:
 
     def summary(self, batch_size: int) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
-        out = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+        out = {k: v if k in self.SUMMED else v / max(self._count, 1) for k, v in self._sums.items()}
         out["train/steps_per_sec"] = self._count / elapsed
         out["train/examples_per_sec"] = self._count * batch_size / elapsed
         return out

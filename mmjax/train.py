@@ -33,6 +33,7 @@ from flax import struct
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import distributed
+from mmjax import faults
 from mmjax import metrics as metrics_lib
 from mmjax import objectives
 from mmjax import pretrained
@@ -155,7 +156,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     `objective` (default: classification) says what the loss is; the metrics are
     'train/loss', the objective's own ('train/accuracy', ...), 'train/grad_norm',
-    'train/learning_rate' and, for contrastive runs, 'train/contrastive_scale'.
+    'train/learning_rate', 'train/skipped_steps' and, for contrastive runs,
+    'train/contrastive_scale'.
+
+    A step whose loss, gradient or update is not finite keeps the old parameters and
+    optimizer state (the step count still advances) and reports train/skipped_steps=1.
     """
     objective = objective or objectives.Objective()
 
@@ -171,16 +176,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             extra = {"train/contrastive_scale": outputs[1]["scale"]} if objective.needs_aux else {}
             return objective.loss(sums), (sums, extra)
 
-        (_, (sums, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (sums, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+        keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         new_state = state.replace(
-            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+            step=state.step + 1,
+            params=keep_if_bad(optax.apply_updates(state.params, updates), state.params),
+            opt_state=keep_if_bad(opt_state, state.opt_state),
         )
         metrics = {
             **objective.metrics(sums, "train/"),
             **extra,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": grad_norm,
             "train/learning_rate": schedule(state.step),
+            "train/skipped_steps": 1.0 - finite.astype(jnp.float32),
         }
         return new_state, metrics
 
@@ -282,15 +293,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     checkpointer = ckpt_lib.Checkpointer(
         f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints, async_save=True
     )
-    start_step = checkpointer.latest_step() or 0
-    if start_step >= config.total_steps:
+    latest = checkpointer.latest_step() or 0
+    if latest >= config.total_steps:
         if is_primary:
-            print(f"training already finished: {workdir} has a checkpoint at step {start_step} "
+            print(f"training already finished: {workdir} has a checkpoint at step {latest} "
                   f"(config.total_steps={config.total_steps}); nothing to do", flush=True)
         checkpointer.close()
         return {}
-    if start_step:
-        state, data_state, _ = checkpointer.restore(start_step, abstract_state)
+    # The newest checkpoint whose arrays match their checksums; damaged ones are reported
+    # and skipped, and a checkpoint of a different model is refused (mmjax/checkpoint.py).
+    log = (lambda line: print(line, flush=True)) if is_primary else (lambda line: None)
+    restored = checkpointer.restore_latest_intact(abstract_state, config.to_dict(), log=log)
+    start_step = restored[0] if restored else 0
+    if restored:
+        _, state, data_state, _ = restored
         start_batch = int(data_state["next_batch"])
         if is_primary:
             print(f"resuming from {workdir}/checkpoints/{start_step}", flush=True)
@@ -322,7 +338,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return {k: float(v) for k, v in objective.metrics(totals, "eval/").items()}
 
     # ---------------------------------------------------------------- the loop
-    writers = metrics_lib.create_writers(workdir, config.total_steps, is_primary=is_primary)
+    # On resume, metrics.jsonl forgets rows past start_step: steps that ran after the last
+    # checkpoint before a crash run again and are logged again.
+    writers = metrics_lib.create_writers(workdir, config.total_steps, is_primary=is_primary, resume_step=start_step)
     writers.write(start_step, {"train/compile_seconds": compile_seconds})
     meta = {
         "config": config.to_dict(),
@@ -337,29 +355,46 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     window = metrics_lib.MeanAccumulator()
     preemption = PreemptionWatcher()
+    save_timer = ckpt_lib.SaveTimer(config.checkpoint_every_seconds)
+    bad_steps = faults.BadSteps(config.max_bad_steps, workdir, lambda b: pipeline.batch_example_indices(
+        train_source, config, global_batch=config.batch_size, batch=b))
     pending = None  # metrics of the previous step, fetched one step late so the host never waits
+
+    def fetch_pending(step: int) -> None:
+        """Adds step `step`'s metrics to the window; stops after max_bad_steps skipped in a row."""
+        fetched = jax.device_get(pending)
+        window.add(fetched)
+        too_many = bad_steps.update(step, start_batch + step - 1 - start_step, fetched)
+        if too_many is not None:
+            train_iter.close()
+            checkpointer.close()
+            writers.close()
+            raise too_many
+
     eval_metrics: dict[str, float] = {}
     for step in range(start_step, config.total_steps):
         batch = sharding.host_batch_to_global(next(train_iter), mesh)
         state, step_metrics = train_step(state, batch)
         if pending is not None:
-            window.add(jax.device_get(pending))
+            fetch_pending(step)
         pending, done = step_metrics, step + 1
         is_last = done == config.total_steps
 
         if done % config.log_every == 0 or is_last:
-            window.add(jax.device_get(pending))
+            fetch_pending(done)
             pending = None
             writers.write(done, window.summary(config.batch_size))
             window.reset()
+        faults.kill_after_step(done, checkpointer.wait)  # no-op unless MMJAX_FAULT_INJECT asks (tests)
         side_start = time.perf_counter()
         if done % config.eval_every == 0 or is_last:
             eval_metrics = evaluate(state)
             writers.write(done, eval_metrics)
         stop = preemption.should_stop(done)
-        if done % config.checkpoint_every == 0 or is_last or stop:
+        if done % config.checkpoint_every == 0 or is_last or stop or save_timer.due():
             data_state = {"next_batch": start_batch + done - start_step, "workers": config.data.workers}
             checkpointer.save(done, state, data_state, meta)
+            save_timer.saved()
         if stop:
             train_iter.close()
             checkpointer.close()  # waits until the checkpoint is complete on disk

@@ -1,9 +1,10 @@
 """Raw media -> the stored form of an example's fields (used by the build and by TFDS).
 
-image: any picture Pillow reads (PNG, JPEG, ...) or an array [H, W(, C)] -> RGB uint8
-[size, size, 3]: the shorter side is resized to `size` and the centre cropped, so the
-aspect ratio is kept. audio: a WAV file (PCM 8/16/24/32-bit or float) or an array ->
-mono float32 in [-1, 1] at the target rate (channels averaged, polyphase resampling).
+image: a PNG, JPEG, BMP, GIF, TIFF, WEBP or PPM picture (IMAGE_FORMATS) or an array
+[H, W(, C)] -> RGB uint8 [size, size, 3]: the shorter side is resized to `size` and the
+centre cropped, so the aspect ratio is kept. audio: a WAV file (PCM 8/16/24/32-bit or
+float) or an array -> mono float32 in [-1, 1] at the target rate (channels averaged,
+polyphase resampling).
 Every failure raises ValueError with a short reason; callers add the file or line.
 
 This module imports only numpy, Pillow and scipy, so build worker processes start fast.
@@ -49,19 +50,25 @@ def _fit(picture, size: int) -> np.ndarray:
     return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
 
 
+# The picture formats Pillow may decode. Left open, Pillow also reads formats such as EPS,
+# which it renders by running Ghostscript on the file: a manifest path must only ever be
+# read as pixel data.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
 def load_image(path: str, size: int) -> np.ndarray:
     """Decodes an image file -> uint8 [size, size, 3]; raises ValueError if it cannot."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as picture:
+        with Image.open(path, formats=IMAGE_FORMATS) as picture:
             picture.load()  # decode now: a truncated file fails here, not later
             return _fit(picture, size)
     except FileNotFoundError:
         raise ValueError(f"image file {path!r} does not exist") from None
     except UnidentifiedImageError:
-        raise ValueError(f"cannot decode image {path!r}: not a format Pillow reads "
-                         "(PNG, JPEG, ...)") from None
+        raise ValueError(f"cannot decode image {path!r}: not one of the formats read "
+                         f"({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot decode image {path!r}: {e}") from None
 

@@ -198,6 +198,13 @@ def train_batches(source: Source, config, *, global_batch: int, start_batch: int
     return _iterate(ds[start_batch:], config.data.workers)
 
 
+def batch_example_indices(source: Source, config, *, global_batch: int, batch: int) -> np.ndarray:
+    """Indices in `source` of the examples of global training batch `batch` (0-based), in
+    row order: the same shuffle as `train_dataset`, applied to the indices instead."""
+    order = grain.MapDataset.range(len(source.records)).shuffle(seed=_shuffle_seed(config.seed)).repeat()
+    return np.asarray(order[batch * global_batch:(batch + 1) * global_batch], np.int64)
+
+
 class _AddWeight(grain.transforms.MapWithIndex):
     """Adds 'weight': 1 for the first `num_real` positions, 0 for padding copies."""
 

@@ -12,9 +12,18 @@ audio (a 1-D Tensor or Audio feature) to mono float32 at data.audio_rate, text (
 feature, bytes) to str. The spec describes the records after conversion; TFDS does not
 record clip lengths, so clips longer than data.audio_samples are cut by the pipeline.
 TensorFlow is not needed: TFDS reads ArrayRecord files with numpy decoders.
+
+A prepared data set's features.json names a Python class for each feature, and TFDS
+imports the module of a class it does not know. mmjax refuses any class outside
+tensorflow_datasets before TFDS reads the file, so a data directory cannot make the run
+import code.
 """
 
 from __future__ import annotations
+
+import glob
+import os
+import re
 
 import numpy as np
 
@@ -79,6 +88,22 @@ class TfdsRecords:
         return out
 
 
+_CLASS_NAME = re.compile(r'"python_?class_?name"\s*:\s*"([^"]*)"', re.IGNORECASE)
+
+
+def check_feature_classes(data_dir: str, dataset: str) -> None:
+    """Raises ValueError if a features.json of `dataset` under `data_dir` names a feature
+    class outside tensorflow_datasets (TFDS would import its module)."""
+    folder = os.path.join(os.path.expanduser(data_dir), dataset.split("/")[0].split(":")[0])
+    for path in sorted(glob.glob(os.path.join(folder, "**", "features.json"), recursive=True)):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            names = _CLASS_NAME.findall(f.read())
+        foreign = [n for n in names if not n.startswith("tensorflow_datasets.")]
+        if foreign:
+            raise ValueError(f"{path} names the feature class {foreign[0]!r}, outside tensorflow_datasets; "
+                             "mmjax does not import code named by a data file")
+
+
 def open_tfds(name: str, split: str, config_data):
     """(records, spec) of split 'train'/'eval' of 'tfds:NAME' (see module docstring)."""
     import tensorflow_datasets as tfds
@@ -89,6 +114,7 @@ def open_tfds(name: str, split: str, config_data):
     t = config_data.tfds
     tfds_split = t.train_split if split == "train" else t.eval_split
     where = f"{name} split {tfds_split!r}"
+    check_feature_classes(t.data_dir or os.fspath(tfds.core.constants.DATA_DIR), dataset)
     try:
         builder = tfds.builder(dataset, data_dir=t.data_dir or None)
         data_source = tfds.data_source(dataset, split=tfds_split, data_dir=t.data_dir or None,

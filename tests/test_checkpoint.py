@@ -1,0 +1,183 @@
+"""Checkpoint integrity: fingerprints, damaged steps fall back, incompatible configs refused."""
+import glob
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmjax import checkpoint as ckpt_lib
+from mmjax import sharding, train
+from mmjax.config import UserError
+
+
+def make_state(seed=0):
+    """A small state sharded over the 8 devices, with float, int and 64-bit-free leaves."""
+    mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+    rng = np.random.default_rng(seed)
+    put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+    return {
+        "step": put(np.int32(7), P()),
+        "params": {"w": put(rng.normal(size=(64, 256)).astype(np.float32), P("data", "fsdp")),
+                   "b": put(rng.normal(size=(256,)).astype(np.float32), P())},
+        "count": put(np.arange(16, dtype=np.int32), P("data")),
+    }
+
+
+def test_fingerprint_catches_any_changed_word_and_ignores_sharding():
+    state = make_state()
+    base = ckpt_lib.fingerprints(state)
+    assert set(base) == {"step", "params/w", "params/b", "count"}
+    # The same values on one device give the same fingerprints.
+    assert ckpt_lib.fingerprints(jax.device_put(state, jax.devices()[0])) == base
+    w = np.asarray(state["params"]["w"])
+    for index in [(0, 0), (31, 100), (63, 255)]:
+        changed = w.copy()
+        changed.view(np.uint32)[index] ^= 1 << 7  # one bit of one word
+        assert ckpt_lib.fingerprints({**state, "params": {**state["params"], "w": changed}})["params/w"] != base["params/w"]
+    swapped = w.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # the same words in another order
+    assert ckpt_lib.fingerprints({**state, "params": {**state["params"], "w": swapped}})["params/w"] != base["params/w"]
+
+
+def save_steps(directory, steps=(1, 2)):
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    for step in steps:
+        checkpointer.save(step, make_state(seed=step), {"next_batch": step}, {"config": {"x": 1}})
+    checkpointer.close()
+
+
+def largest_array_file(step_dir):
+    files = [f for f in glob.glob(f"{step_dir}/state/**/d/*", recursive=True) if os.path.isfile(f)]
+    return max(files, key=os.path.getsize)
+
+
+def overwrite_middle(step_dir):
+    path = largest_array_file(step_dir)
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xA5 for b in data[middle:middle + 8])
+    open(path, "wb").write(bytes(data))
+
+
+def delete_array_file(step_dir):
+    os.remove(largest_array_file(step_dir))
+
+
+def truncate_array_file(step_dir):
+    path = largest_array_file(step_dir)
+    os.truncate(path, os.path.getsize(path) // 3)
+
+
+def delete_metadata(step_dir):
+    shutil.rmtree(f"{step_dir}/meta")
+
+
+@pytest.mark.parametrize("damage, why", [
+    (overwrite_middle, "does not match its checksum"),
+    (delete_array_file, "cannot read it"),
+    (truncate_array_file, "cannot read it"),
+    (delete_metadata, "cannot read its metadata"),
+])
+def test_damaged_latest_falls_back_to_the_newest_intact(tmp_path, damage, why):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory)
+    damage(directory / "2")
+    lines = []
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    step, state, data_state, _ = checkpointer.restore_latest_intact(
+        ckpt_lib.abstract_like(make_state()), {"x": 1}, log=lines.append)
+    assert step == 1 and data_state == {"next_batch": 1}
+    assert ckpt_lib.fingerprints(state) == ckpt_lib.fingerprints(make_state(seed=1))
+    assert len(lines) == 1 and lines[0].startswith(f"checkpoint {directory}/2 is damaged (")
+    assert why in lines[0] and lines[0].endswith("; falling back to 1")
+    # The damaged step is kept aside, out of the way of the next save of step 2.
+    assert checkpointer.all_steps() == [1]
+    assert os.path.isdir(tmp_path / "damaged_checkpoints" / "2")
+    checkpointer.save(2, state, {"next_batch": 2}, {})
+    checkpointer.close()
+
+
+def test_overwritten_bytes_restore_silently_without_the_checksum(tmp_path):
+    """Why the fingerprints exist: Orbax restores these damaged arrays without complaint."""
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, steps=(1,))
+    overwrite_middle(directory / "1")
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    abstract = ckpt_lib.abstract_like(make_state())
+    state, _, _ = checkpointer.restore(1, abstract)
+    assert not np.array_equal(np.asarray(state["params"]["w"]), np.asarray(make_state(seed=1)["params"]["w"]))
+    with pytest.raises(ckpt_lib.CheckpointDamaged, match="array 'params/w' does not match its checksum"):
+        checkpointer.restore_verified(1, abstract)
+    checkpointer.close()
+
+
+def test_no_intact_checkpoint_stops_and_says_so(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory)
+    truncate_array_file(directory / "2")
+    overwrite_middle(directory / "1")
+    lines = []
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    with pytest.raises(UserError, match=r"no intact checkpoint in .*checkpoints: step\(s\) 2, 1 are damaged"):
+        checkpointer.restore_latest_intact(ckpt_lib.abstract_like(make_state()), {"x": 1}, log=lines.append)
+    assert [line.split(" is damaged")[0] for line in lines] == [f"checkpoint {directory}/2", f"checkpoint {directory}/1"]
+    assert checkpointer.all_steps() == [1, 2]  # nothing moved when nothing could be restored
+    checkpointer.close()
+
+
+def test_incompatible_shapes_name_the_differing_config_keys():
+    meta = {"state_shapes": ckpt_lib.state_shapes(make_state()),
+            "config": {"model": {"width": 64, "depth": 2}, "optim": {"lr": 0.1}}}
+    bigger = {**make_state(), "count": jnp.zeros((32,), jnp.int32)}
+    with pytest.raises(UserError, match=r"different shapes; config keys that differ: model.width \(64 -> 32\), "
+                                        r"optim.lr \(0.1 -> 0.2\)"):
+        ckpt_lib.check_compatible(meta, bigger, {"model": {"width": 32, "depth": 2}, "optim": {"lr": 0.2}}, "W/3")
+    # Same shapes: other config changes (a new learning rate, more steps) are allowed.
+    ckpt_lib.check_compatible(meta, make_state(), {"model": {"width": 64, "depth": 2}, "optim": {"lr": 0.2}}, "W/3")
+
+
+def test_save_timer_agrees_with_an_injected_clock():
+    now = [100.0]
+    timer = ckpt_lib.SaveTimer(60, clock=lambda: now[0])
+    assert not timer.due()
+    now[0] = 159.9
+    assert not timer.due()
+    now[0] = 160.0
+    assert timer.due()
+    timer.saved()
+    assert not timer.due()
+    assert not ckpt_lib.SaveTimer(0, clock=lambda: now[0] + 1e9).due()  # 0: off
+
+
+def test_time_based_checkpoints_in_the_loop(tiny_config, tmp_path, monkeypatch):
+    """checkpoint_every_seconds saves between step checkpoints. The clock is simulated:
+    each reading (one per step, one per save) advances it 10 s."""
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(ckpt_lib, "_now", lambda: float(next(ticks)))
+    config = tiny_config(total_steps=7, checkpoint_every=100, eval_every=100, keep_checkpoints=10,
+                         checkpoint_every_seconds=25.0)
+    train.train(config, str(tmp_path))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    # Due at the 3rd reading after each save (30 s >= 25 s); the last step always saves.
+    assert steps == [3, 6, 7]
+
+
+def test_checkpoint_without_checksums_restores_with_a_note(tmp_path):
+    """Checkpoints saved before fingerprints existed still resume (and say so)."""
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, steps=(1,))
+    meta_file = directory / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["fingerprints"]
+    meta_file.write_text(json.dumps(meta))
+    lines = []
+    checkpointer = ckpt_lib.Checkpointer(directory, max_to_keep=5)
+    step, _, _, _ = checkpointer.restore_latest_intact(ckpt_lib.abstract_like(make_state()), {"x": 1}, log=lines.append)
+    assert step == 1 and lines == [f"checkpoint {directory}/1 has no checksums (saved by an older mmjax); restored unverified"]
+    checkpointer.close()
