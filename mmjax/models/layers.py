@@ -137,10 +137,11 @@ class TransformerSpec:
     dtype: str = "float32"
     remat: str = "none"
     scan: bool = False
+    final_norm: bool = True  # LayerNorm after the last block
 
     @classmethod
     def from_config(cls, sub: Any, model: Any, where: str) -> "TransformerSpec":
-        """Reads width/depth/heads/mlp from `sub` (e.g. config.model.image) and
+        """Reads width/depth/heads/mlp/final_norm from `sub` (e.g. config.model.image) and
         dropout/dtype/remat/scan from `model` (config.model); `where` names `sub` in
         error messages."""
         spec = cls(
@@ -152,6 +153,7 @@ class TransformerSpec:
             dtype=str(model.dtype),
             remat=str(model.remat),
             scan=bool(model.scan),
+            final_norm=bool(sub.get("final_norm", True)),
         )
         if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
             raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
@@ -407,14 +409,17 @@ class PositionEmbedding(nn.Module):
 class TokenEmbedding(nn.Module):
     """Token ids [B, L] -> vectors [B, L, D] from a ('vocab', 'embed') table.
 
-    Looked up as a one-hot matmul: with a vocabulary sharded over 'tensor' a gather
-    would be resharded by full rematerialisation, while the matmul partitions cleanly
-    (and costs 2 * vocab * D flops per token, small for byte-level vocabularies).
+    Looked up as a one-hot matmul by default: with a vocabulary sharded over 'tensor' a
+    gather would be resharded by full rematerialisation, while the matmul partitions
+    cleanly (and costs 2 * vocab * D flops per token, small for byte-level vocabularies).
+    lookup='gather' (config.model.text.lookup) reads rows instead: the better choice for
+    a large vocabulary that is not split over 'tensor'.
     """
 
     vocab_size: int
     width: int
     dtype: Any = jnp.float32
+    lookup: str = "one_hot"  # or 'gather': an indexed read, cheaper for large vocabularies
 
     @nn.compact
     def __call__(self, ids: Array) -> Array:
@@ -424,5 +429,7 @@ class TokenEmbedding(nn.Module):
             (self.vocab_size, self.width),
             jnp.float32,
         )
+        if self.lookup == "gather":
+            return constrain(jnp.take(table.astype(self.dtype), ids, axis=0), BLC)
         one_hot = jax.nn.one_hot(ids, self.vocab_size, dtype=self.dtype)
         return constrain(one_hot @ table.astype(self.dtype), BLC)
