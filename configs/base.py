@@ -64,6 +64,7 @@ def get_config(arg=None):
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.remat = "none"  # none | full | dots
     c.model.scan = True
+    c.model.attention = "auto"  # 'dpa' (fused on GPU/TPU) | 'einsum' (faster on CPU) | 'auto' (by platform)
     c.model.dropout = 0.0
     c.model.head_norm = True  # LayerNorm before the head's Dense
     # Encoders: image 'vit' | 'cnn'; text 'transformer' | 'lstm'; audio 'transformer' | 'cnn'.

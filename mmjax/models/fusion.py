@@ -285,12 +285,10 @@ class CrossFusion(nn.Module):
         items = ordered(features)
         if not items:
             raise ValueError("CrossFusion needs at least one modality")
-        if self.modality_embed:
-            modality_embed = _vector(self, "modality_embed", (len(MODALITIES), width), ("modality", "embed"))
+        modality_embed = _vector(self, "modality_embed", (len(MODALITIES), width), ("modality", "embed"))
         tokens, masks = [], []
         for index, name, x, mask in items:
-            x = _to_width(x, width, dtype, f"{name}_proj")
-            tokens.append(x + modality_embed[index].astype(dtype) if self.modality_embed else x)
+            tokens.append(_to_width(x, width, dtype, f"{name}_proj") + modality_embed[index].astype(dtype))
             masks.append(mask.astype(bool))
         batch = tokens[0].shape[0]
         latents = _vector(self, "latents", (self.num_latents, width), ("length", "embed"))
