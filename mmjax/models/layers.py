@@ -159,9 +159,9 @@ class TransformerSpec:
             dtype=str(model.dtype),
             remat=str(model.remat),
             scan=bool(model.scan),
-            final_norm=bool(sub.get("final_norm", True)),
-            attention=attention_kind(str(model.get("attention", "auto"))),
-            unroll=resolve_unroll(str(model.get("unroll", "auto"))),
+            final_norm=bool(getattr(sub, "final_norm", True)),
+            attention=attention_kind(str(getattr(model, "attention", "auto"))),
+            unroll=resolve_unroll(str(getattr(model, "unroll", "auto"))),
         )
         if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
             raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
