@@ -4,6 +4,7 @@
     python bench/train_step.py --config=configs/bench.py \
         --variants="default;model.dtype=bfloat16;model.remat=full;model.scan=true;batch_size=64"
     flags: --steps=10 (timed steps per round) --warmup=2 --rounds=3 --torch=auto|off
+           --threads=0 (all cores) | 1 (one thread each for XLA and torch: see limit_threads)
 
 Each variant is the config plus comma-separated `key=value` overrides (any config key;
 'default' is none). Every variant's step is compiled ahead of time on this machine's
@@ -37,7 +38,18 @@ from mmjax import config as config_lib  # noqa: E402
 from mmjax import flops, hardware, sharding, train  # noqa: E402
 from mmjax.models.multimodal import build_model, count_params  # noqa: E402
 
-FLAGS = {"variants": "default", "steps": "10", "warmup": "2", "rounds": "3", "torch": "auto"}
+FLAGS = {"variants": "default", "steps": "10", "warmup": "2", "rounds": "3", "torch": "auto", "threads": "0"}
+
+
+def limit_threads(threads: int) -> None:
+    """One intra-op thread for XLA:CPU and torch (threads=1): on a machine other jobs keep
+    busy, single-threaded CPU time compares the two stacks' work without their thread
+    pools fighting over cores. Must run before JAX starts its CPU backend."""
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    elif threads > 1:
+        raise SystemExit("--threads takes 0 (all cores) or 1")
 
 
 def parse(argv: list[str]):
@@ -92,11 +104,11 @@ class JaxVariant:
 
 
 class TorchVariant:
-    def __init__(self, config):
+    def __init__(self, config, threads: int | None = None):
         from bench import torch_baseline  # imports torch
 
         self.name, self.times, self.cpu = f"pytorch {torch_baseline.torch.__version__} eager", [], []
-        self.step = torch_baseline.TorchStep(random_batch(config, config.batch_size))
+        self.step = torch_baseline.TorchStep(random_batch(config, config.batch_size), threads=threads)
         self.params = self.step.num_params()
         self.threads = torch_baseline.torch.get_num_threads()
 
@@ -143,6 +155,7 @@ def peak_memory() -> str:
 
 def main(argv: list[str]) -> int:
     spec, variants, opts = parse(argv)
+    limit_threads(int(opts["threads"]))
     steps, warmup, rounds = int(opts["steps"]), int(opts["warmup"]), int(opts["rounds"])
     peak = hardware.peak_flops_per_device(variants[0][1])
     devices = jax.devices()
@@ -165,7 +178,7 @@ def main(argv: list[str]) -> int:
     elif want_torch and not _is_reference_model(reference):
         print("the config is not configs/bench.py's model: no PyTorch column", flush=True)
     elif want_torch:
-        torch_run = TorchVariant(reference)
+        torch_run = TorchVariant(reference, threads=int(opts["threads"]) or None)
         torch_run.compile_seconds, torch_run.memory = 0.0, "-"
         torch_run.flops = runs[0].flops * 1.0
         print(f"{torch_run.name}: {torch_run.params:,} parameters, {torch_run.threads} threads", flush=True)
