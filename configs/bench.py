@@ -14,9 +14,10 @@ that is also written in plain PyTorch in bench/torch_baseline.py, shape for shap
   bare linear head to 10 classes; AdamW, global batch 32, float32.
 
 10,105,098 parameters and 4.95 GFLOPs per training example (mmjax/flops.py). On the
-2-core CPU machine of BUILD.md a step takes about a second; the 300-step training run on
-the synthetic task (2,048 examples) takes several minutes and is there to show the
-metrics, not to reach an accuracy.
+2-core CPU machine of BUILD.md, shared with other jobs, a step took 3-5 s (expect about
+1 s on a quiet machine); the 300-step training run on the synthetic task (2,048
+examples) is there to show the metrics (train/mfu, train/data_wait_fraction), not to
+reach an accuracy.
 """
 
 import os
