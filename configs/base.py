@@ -45,6 +45,7 @@ def get_config(arg=None):
     c.data.eval = "synthetic"
     c.data.cache_dir = ""  # '' -> $MMJAX_CACHE or ~/.cache/mmjax
     c.data.workers = 0  # grain worker processes; 0 decodes in the training process
+    c.data.prefetch = 2  # batches prepared and placed on the devices ahead of the step (0: none)
     c.data.image_size = 16
     c.data.audio_rate = 8000
     c.data.audio_samples = 2048
@@ -66,11 +67,13 @@ def get_config(arg=None):
     # or 'regression' (target: the tone's pitch in [0, 1]; use loss.task='regression').
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20000, num_eval=2000, seed=0, task="default"))
 
-    encoder = dict(width=64, depth=2, heads=4, mlp=128)
+    encoder = dict(width=64, depth=2, heads=4, mlp=128, final_norm=True)  # final_norm: LayerNorm after the stack
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.remat = "none"  # none | full | dots
-    c.model.scan = True
+    c.model.scan = True  # layer stacks as one nn.scan (parameters stacked on a 'layers' axis)
+    c.model.unroll = "auto"  # scanned stacks unrolled: 'yes' | 'no' | 'auto' (yes on CPU, where it is faster)
+    c.model.attention = "auto"  # 'dpa' (fused on GPU/TPU) | 'einsum' (faster on CPU) | 'auto' (by platform)
     c.model.dropout = 0.0
     c.model.head_norm = True  # LayerNorm before the head's Dense
     # Encoders: image 'vit' | 'cnn'; text 'transformer' | 'lstm'; audio 'transformer' | 'cnn'.
@@ -80,6 +83,7 @@ def get_config(arg=None):
     c.model.text = ml_collections.ConfigDict(
         dict(kind="transformer", vocab_size=384, return_sequences=False, **encoder)  # return_sequences: lstm only
     )
+    c.model.text.lookup = "one_hot"  # token ids -> vectors: 'one_hot' (matmul, splits over tensor) | 'gather'
     c.model.audio = ml_collections.ConfigDict(
         dict(kind="transformer", n_mels=32, window=256, hop=128, patch_time=2, patch_freq=8, **encoder, **cnn)
     )
@@ -88,6 +92,7 @@ def get_config(arg=None):
     c.fusion = ml_collections.ConfigDict(
         dict(kind="joint", **encoder, pool="mean", fusion_layer=0, num_bottlenecks=4, num_latents=8)
     )
+    c.fusion.modality_embed = True  # joint: add a learned per-modality embedding to its tokens
 
     # Missing modalities: drop whole modalities per training example with this
     # probability (never all of them); eval_without=('audio',) also reports
@@ -112,4 +117,7 @@ def get_config(arg=None):
         dict(task="classification", contrastive="none", contrastive_pair=("image", "audio"),
              contrastive_weight=1.0, contrastive_dim=64)
     )
+    # Throughput accounting: per-device peak in TFLOP/s for train/mfu; 0 looks the device
+    # up in mmjax/hardware.py (a CPU's peak is measured once and cached).
+    c.peak_tflops = 0.0
     return c

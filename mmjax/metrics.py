@@ -1,7 +1,8 @@
 """Metric writers: a progress line on stdout, WORKDIR/metrics.jsonl and TensorBoard events.
 
 Metric names are stable ('train/loss', 'train/accuracy', 'train/examples_per_sec',
-'eval/loss', 'eval/accuracy', ...): users and other tools parse metrics.jsonl. Only
+'train/gflops_per_sec', 'train/mfu', 'train/data_wait_fraction', 'eval/loss',
+'eval/accuracy', ...): users and other tools parse metrics.jsonl. Only
 process 0 writes; the other processes get a writer that does nothing.
 """
 
@@ -154,6 +155,11 @@ class MeanAccumulator:
         self._count = 0
         self._start = time.perf_counter()
         self._excluded = 0.0
+        self._data_wait = 0.0
+
+    def data_wait(self, seconds: float) -> None:
+        """Time the loop spent blocked waiting for the next batch."""
+        self._data_wait += seconds
 
     def exclude(self, seconds: float) -> None:
         """Leaves time spent outside training steps (evals, saves) out of the throughput."""
@@ -169,4 +175,12 @@ class MeanAccumulator:
         out = {k: v if k in self.SUMMED else v / max(self._count, 1) for k, v in self._sums.items()}
         out["train/steps_per_sec"] = self._count / elapsed
         out["train/examples_per_sec"] = self._count * batch_size / elapsed
+        out["train/data_wait_fraction"] = min(self._data_wait / elapsed, 1.0)
         return out
+
+
+def flops_metrics(examples_per_sec: float, flops_per_example: float, peak_flops: float) -> dict[str, float]:
+    """Achieved GFLOP/s (analytic model FLOPs, mmjax/flops.py) and MFU against `peak_flops`,
+    the summed peak of all devices (NaN when the peak is unknown)."""
+    achieved = examples_per_sec * flops_per_example
+    return {"train/gflops_per_sec": achieved / 1e9, "train/mfu": achieved / peak_flops if peak_flops > 0 else float("nan")}

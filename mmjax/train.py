@@ -34,8 +34,11 @@ from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import distributed
 from mmjax import faults
+from mmjax import flops as flops_lib
+from mmjax import hardware
 from mmjax import metrics as metrics_lib
 from mmjax import objectives
+from mmjax import prefetch
 from mmjax import pretrained
 from mmjax import sharding
 from mmjax.config import UserError
@@ -342,6 +345,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     # checkpoint before a crash run again and are logged again.
     writers = metrics_lib.create_writers(workdir, config.total_steps, is_primary=is_primary, resume_step=start_step)
     writers.write(start_step, {"train/compile_seconds": compile_seconds})
+    # Model FLOPs utilisation: analytic FLOPs (mmjax/flops.py) against every device's peak.
+    flops_per_example = flops_lib.train_flops_per_example(config, num_classes)
+    peak = hardware.peak_flops_per_device(config)
+    if is_primary and not start_step:
+        print(f"{flops_lib.describe(config, num_classes)}; peak {peak.flops / 1e12:.3g} TFLOP/s per device "
+              f"({peak.source})", flush=True)
     meta = {
         "config": config.to_dict(),
         "mesh": dict(mesh.shape),
@@ -350,8 +359,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         "class_names": list(train_source.spec.get("class_names", [])),  # for mmjax.export
         "versions": _versions(),
     }
-    train_iter = pipeline.train_batches(
-        train_source, config, global_batch=config.batch_size, start_batch=start_batch
+    train_iter = prefetch.Prefetcher(  # the next batches are read and placed while a step runs
+        pipeline.train_batches(train_source, config, global_batch=config.batch_size, start_batch=start_batch),
+        place=lambda host_batch: sharding.host_batch_to_global(host_batch, mesh),
+        size=int(config.data.get("prefetch", 2)),
     )
     window = metrics_lib.MeanAccumulator()
     preemption = PreemptionWatcher()
@@ -373,7 +384,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     eval_metrics: dict[str, float] = {}
     for step in range(start_step, config.total_steps):
-        batch = sharding.host_batch_to_global(next(train_iter), mesh)
+        wait_start = time.perf_counter()
+        batch = next(train_iter)
+        window.data_wait(time.perf_counter() - wait_start)
         state, step_metrics = train_step(state, batch)
         if pending is not None:
             fetch_pending(step)
@@ -383,7 +396,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if done % config.log_every == 0 or is_last:
             fetch_pending(done)
             pending = None
-            writers.write(done, window.summary(config.batch_size))
+            summary = window.summary(config.batch_size)
+            summary.update(metrics_lib.flops_metrics(
+                summary["train/examples_per_sec"], flops_per_example, peak.flops * jax.device_count()))
+            writers.write(done, summary)
             window.reset()
         faults.kill_after_step(done, checkpointer.wait)  # no-op unless MMJAX_FAULT_INJECT asks (tests)
         side_start = time.perf_counter()

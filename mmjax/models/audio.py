@@ -150,7 +150,7 @@ class AudioTransformer(nn.Module):
         mask = jnp.repeat(frame_valid, self.n_mels // self.patch_freq, axis=1)
         x = layers.dense(self.spec.width, ("patch", "embed"), dtype=dtype, name="patch_embed")(x)
         x = layers.PositionEmbedding(self.max_patches(), name="pos_embed")(x)
-        x = layers.TransformerStack(self.spec, name="transformer")(x, mask, train=train)
+        x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(x, mask, train=train)
         return x, mask
 
 

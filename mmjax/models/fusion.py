@@ -66,16 +66,19 @@ class JointFusion(nn.Module):
     """Early fusion: one transformer over [CLS; image; text; audio] tokens.
 
     Each modality's tokens are projected to the fusion width if needed and tagged with
-    a learned modality embedding; padding masks are concatenated; the output is the
-    final-LayerNormed CLS token.
+    a learned modality embedding (unless config.fusion.modality_embed is False); padding
+    masks are concatenated; the output is the CLS token, final-LayerNormed unless
+    config.fusion.final_norm is False.
     """
 
     spec: TransformerSpec
+    modality_embed: bool = True  # False: tokens enter untagged (position embeddings only)
 
     @classmethod
     def from_config(cls, config: Any) -> "JointFusion":
         """Builds the core from config.fusion and config.model."""
-        return cls(spec=TransformerSpec.from_config(config.fusion, config.model, "config.fusion"))
+        return cls(spec=TransformerSpec.from_config(config.fusion, config.model, "config.fusion"),
+                   modality_embed=bool(config.fusion.get("modality_embed", True)))
 
     @nn.compact
     def __call__(self, features: Features, *, train: bool) -> jax.Array:
@@ -83,16 +86,18 @@ class JointFusion(nn.Module):
         items = ordered(features)
         if not items:
             raise ValueError("JointFusion needs at least one modality")
-        modality_embed = _vector(self, "modality_embed", (len(MODALITIES), width), ("modality", "embed"))
+        if self.modality_embed:
+            modality_embed = _vector(self, "modality_embed", (len(MODALITIES), width), ("modality", "embed"))
         cls_token = _vector(self, "cls", (width,), ("embed",))
         batch = items[0][2].shape[0]
         tokens = [jnp.broadcast_to(cls_token.astype(dtype), (batch, 1, width))]
         masks = [jnp.ones((batch, 1), dtype=bool)]
         for index, name, x, mask in items:
-            tokens.append(_to_width(x, width, dtype, f"{name}_proj") + modality_embed[index].astype(dtype))
+            x = _to_width(x, width, dtype, f"{name}_proj")
+            tokens.append(x + modality_embed[index].astype(dtype) if self.modality_embed else x)
             masks.append(mask.astype(bool))
         x = jnp.concatenate(tokens, axis=1)
-        x = layers.TransformerStack(self.spec, final_norm=True, name="transformer")(
+        x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(
             x, jnp.concatenate(masks, axis=1), train=train
         )
         return x[:, 0]

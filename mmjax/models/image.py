@@ -48,7 +48,7 @@ class ViTEncoder(nn.Module):
         x = einops.rearrange(x, "b (h p) (w q) c -> b (h w) (p q c)", p=self.patch, q=self.patch)
         x = layers.dense(self.spec.width, ("patch", "embed"), dtype=dtype, name="patch_embed")(x)
         x = layers.PositionEmbedding((self.image_size // self.patch) ** 2, name="pos_embed")(x)
-        x = layers.TransformerStack(self.spec, name="transformer")(x, None, train=train)
+        x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(x, None, train=train)
         return x, jnp.ones((b, x.shape[1]), dtype=bool)
 
 

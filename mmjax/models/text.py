@@ -17,6 +17,7 @@ from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
 
 PAD_ID = 0  # the contract's padding token
+LOOKUPS = ("one_hot", "gather")  # how token ids become vectors (layers.TokenEmbedding)
 
 
 class TextTransformer(nn.Module):
@@ -25,6 +26,7 @@ class TextTransformer(nn.Module):
     spec: TransformerSpec
     vocab_size: int
     max_length: int
+    lookup: str = "one_hot"  # TokenEmbedding's: 'one_hot' | 'gather'
 
     @classmethod
     def from_config(cls, config: Any) -> "TextTransformer":
@@ -34,16 +36,19 @@ class TextTransformer(nn.Module):
         if length <= 0:
             raise ValueError(f"config.data.text_length={length} must be positive")
         spec = TransformerSpec.from_config(sub, config.model, "config.model.text")
-        return cls(spec=spec, vocab_size=vocab, max_length=length)
+        lookup = str(sub.get("lookup", "one_hot"))
+        if lookup not in LOOKUPS:
+            raise ValueError(f"config.model.text.lookup={lookup!r} is not one of {list(LOOKUPS)}")
+        return cls(spec=spec, vocab_size=vocab, max_length=length, lookup=lookup)
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         tokens = batch["text"]
         mask = tokens != PAD_ID
         dtype = layers.compute_dtype(self.spec.dtype)
-        x = layers.TokenEmbedding(self.vocab_size, self.spec.width, dtype, name="token_embed")(tokens)
+        x = layers.TokenEmbedding(self.vocab_size, self.spec.width, dtype, self.lookup, name="token_embed")(tokens)
         x = layers.PositionEmbedding(self.max_length, name="pos_embed")(x)
-        x = layers.TransformerStack(self.spec, name="transformer")(x, mask, train=train)
+        x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(x, mask, train=train)
         return x, mask
 
 

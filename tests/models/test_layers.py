@@ -136,3 +136,50 @@ def test_spec_validation_messages():
         TransformerSpec.from_config(Sub, Model, "config.model.text")
     with pytest.raises(ValueError, match=r"config.model.dtype='float16'"):
         layers.compute_dtype("float16")
+
+
+def test_einsum_attention_matches_dot_product_attention():
+    x, key_mask = inputs()
+    mask = layers.attention_mask(key_mask)
+    dpa = layers.MultiHeadAttention(heads=2, kind="dpa")
+    params = dpa.init(jax.random.key(1), x, x, mask)
+    einsum = layers.MultiHeadAttention(heads=2, kind="einsum")
+    for kv in (x, x + 0.5):  # self-attention (fused QKV matmul) and separate keys/values
+        np.testing.assert_allclose(einsum.apply(params, x, kv, mask), dpa.apply(params, x, kv, mask), atol=1e-5)
+    out = einsum.apply(params, x, x, layers.attention_mask(jnp.zeros((B, T), dtype=bool)))
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_fused_qkv_equals_three_projections():
+    x, _ = inputs()
+    mha = layers.MultiHeadAttention(heads=2)
+    params = mha.init(jax.random.key(1), x, x, None)
+    params = jax.tree.map(lambda p: p + 0.1, nn.unbox(params))  # non-zero biases
+    np.testing.assert_allclose(mha.apply(params, x, x, None), mha.apply(params, x, x + 0.0, None), atol=1e-5)
+
+
+def test_attention_and_unroll_choices_resolve_by_platform():
+    assert layers.attention_kind("auto") == "einsum"  # the tests run on CPU
+    assert layers.attention_kind("dpa") == "dpa"
+    assert layers.resolve_unroll("auto") is True and layers.resolve_unroll("no") is False
+    with pytest.raises(ValueError, match="config.model.attention='flash'"):
+        layers.attention_kind("flash")
+    with pytest.raises(ValueError, match="config.model.unroll='maybe'"):
+        layers.resolve_unroll("maybe")
+
+
+def test_unrolled_scan_has_the_same_params_and_outputs():
+    x, key_mask = inputs()
+    looped, unrolled = TransformerStack(spec(scan=True)), TransformerStack(spec(scan=True, unroll=True))
+    params = looped.init(jax.random.key(0), x, key_mask, train=False)
+    assert jax.tree.map(jnp.shape, unrolled.init(jax.random.key(0), x, key_mask, train=False)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(unrolled.apply(params, x, key_mask, train=False),
+                               looped.apply(params, x, key_mask, train=False), atol=1e-5)
+
+
+def test_token_lookup_by_gather_equals_one_hot():
+    ids = jnp.array([[2, 5, 0], [7, 7, 1]])
+    one_hot = layers.TokenEmbedding(10, 4)
+    params = one_hot.init(jax.random.key(0), ids)
+    gather = layers.TokenEmbedding(10, 4, lookup="gather")
+    np.testing.assert_allclose(gather.apply(params, ids), one_hot.apply(params, ids), atol=1e-6)
