@@ -18,23 +18,20 @@ import os
 import sys
 import time
 
-import jax
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmjax import config as config_lib
-from mmjax import sharding, train
-from mmjax.data import pipeline, sources
-from mmjax.models.multimodal import build_model
+import jax  # noqa: E402
+
+from bench.flags import parse_flags  # noqa: E402
+from mmjax import config as config_lib  # noqa: E402
+from mmjax import sharding, train  # noqa: E402
+from mmjax.data import pipeline, sources  # noqa: E402
+from mmjax.models.multimodal import build_model  # noqa: E402
 
 
 def _args(argv):
     spec, overrides, rest = config_lib.split_config_args(argv)
-    opts = {"workers": "0,1,2", "batches": "50", "steps": "20"}
-    for arg in rest:
-        key, _, value = arg.lstrip("-").partition("=")
-        if key not in opts:
-            raise SystemExit(f"unknown flag {arg}; flags: --config=..., --config.KEY=..., "
-                             f"{', '.join('--' + k for k in opts)}")
-        opts[key] = value
+    opts = parse_flags(rest, {"workers": "0,1,2", "batches": "50", "steps": "20"})
     config = config_lib.load_config_file(spec or "configs/base.py")
     config_lib.apply_overrides(config, overrides)
     config_lib.validate(config)

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.flags import parse_flags  # noqa: E402
 from bench.random_batch import random_batch  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import flops, hardware, sharding, train  # noqa: E402
@@ -54,13 +55,7 @@ def limit_threads(threads: int) -> None:
 
 def parse(argv: list[str]):
     spec, overrides, rest = config_lib.split_config_args(argv)
-    opts = dict(FLAGS)
-    for arg in rest:
-        key, _, value = arg.lstrip("-").partition("=")
-        if key not in opts:
-            raise SystemExit(f"unknown flag {arg}; flags: --config=..., --config.KEY=..., "
-                             f"{', '.join('--' + k for k in opts)}")
-        opts[key] = value
+    opts = parse_flags(rest, FLAGS)
     spec = spec or "configs/bench.py"
     variants = []
     for text in opts["variants"].split(";"):

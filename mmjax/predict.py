@@ -286,15 +286,20 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     return _resample_axis(_resample_axis(square, size, 1), size, 0)
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-    """An image file -> RGB uint8 [size, size, 3]; ValueError naming the file if it cannot."""
+def _read_bytes(path: str, what: str) -> bytes:
+    """A file's bytes; ValueError naming the file if it is missing or unreadable."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
-        raise ValueError(f"image file {path!r} does not exist") from None
+        raise ValueError(f"{what} file {path!r} does not exist") from None
     except OSError as e:
-        raise ValueError(f"cannot read image {path!r}: {e.strerror}") from None
+        raise ValueError(f"cannot read {what} {path!r}: {e.strerror}") from None
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """An image file -> RGB uint8 [size, size, 3]; ValueError naming the file if it cannot."""
+    data = _read_bytes(path, "image")
     if data.startswith(_PNG_SIGNATURE):
         try:
             pixels = decode_png(data)
@@ -399,13 +404,7 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 def load_wav(path: str, rate: int) -> np.ndarray:
     """A WAV file -> mono float32 at `rate`; ValueError naming the file if it cannot."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ValueError(f"audio file {path!r} does not exist") from None
-    except OSError as e:
-        raise ValueError(f"cannot read audio {path!r}: {e.strerror}") from None
+    data = _read_bytes(path, "audio")
     try:
         file_rate, wave = decode_wav(data)
     except (ValueError, struct.error) as e:
