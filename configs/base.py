@@ -69,7 +69,7 @@ def get_config(arg=None):
 
     encoder = dict(width=64, depth=2, heads=4, mlp=128, final_norm=True)  # final_norm: LayerNorm after the stack
     c.model = ml_collections.ConfigDict()
-    c.model.dtype = "float32"  # compute dtype; parameters stay float32
+    c.model.dtype = "auto"  # compute dtype: float32 | bfloat16 | auto (bfloat16 on TPU/GPU); parameters stay float32
     c.model.remat = "none"  # none | full | dots
     c.model.scan = True  # layer stacks as one nn.scan (parameters stacked on a 'layers' axis)
     c.model.unroll = "auto"  # scanned stacks unrolled: 'yes' | 'no' | 'auto' (yes on CPU, where it is faster)

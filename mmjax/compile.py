@@ -104,11 +104,13 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch_size(config.batch_size, mesh)
     # 'auto' model settings follow the platform JAX runs on, which here is the CPU; compile
-    # what the TPU will run instead (fused attention, layer loops).
+    # what the TPU will run instead (fused attention, layer loops, bfloat16).
     if config.model.get("attention", "auto") == "auto":
         config.model.attention = "dpa"
     if config.model.get("unroll", "auto") == "auto":
         config.model.unroll = "no"
+    if config.model.dtype == "auto":
+        config.model.dtype = "bfloat16"
     model = build_model(config, num_classes or num_classes_from_data(config))
     tx, schedule = train.make_optimizer(config)
     spec = data_spec(config)  # the batch's target fields and presence flags

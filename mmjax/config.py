@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import ml_collections
 
 MODALITIES = ("image", "text", "audio")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "auto")
 REMAT_POLICIES = ("none", "full", "dots")
 OPTIMIZERS = ("adamw", "adam")
 

@@ -20,6 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from mmjax.models.layers import resolve_dtype_name
+
 # device_kind substring (lower case, first match wins) -> (bfloat16, float32) dense peak in TFLOP/s.
 PEAK_TFLOPS = (
     ("v6 lite", (918.0, 918.0)),  # TPU v6e (Trillium)
@@ -112,7 +114,7 @@ def peak_flops_per_device(config, device=None) -> Peak:
     if override > 0:
         return Peak(override * 1e12, "config.peak_tflops")
     device = device or jax.local_devices()[0]
-    dtype = str(config.model.dtype)
+    dtype = resolve_dtype_name(str(config.model.dtype))
     if device.platform == "cpu":
         cpus = sum(d.platform == "cpu" for d in jax.local_devices())
         cache_dir = str(config.data.get("cache_dir", "")) if "data" in config else ""

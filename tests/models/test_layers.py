@@ -168,6 +168,16 @@ def test_attention_and_unroll_choices_resolve_by_platform():
         layers.resolve_unroll("maybe")
 
 
+def test_auto_settings_pick_bfloat16_fused_attention_and_loops_on_accelerators(monkeypatch):
+    assert layers.compute_dtype("auto") == jnp.float32  # the tests run on CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert layers.compute_dtype("auto") == jnp.bfloat16
+    assert layers.attention_kind("auto") == "dpa" and layers.resolve_unroll("auto") is False
+    assert layers.compute_dtype("float32") == jnp.float32
+    with pytest.raises(ValueError, match="config.model.dtype='float16'"):
+        layers.compute_dtype("float16")
+
+
 def test_unrolled_scan_has_the_same_params_and_outputs():
     x, key_mask = inputs()
     looped, unrolled = TransformerStack(spec(scan=True)), TransformerStack(spec(scan=True, unroll=True))
