@@ -53,16 +53,27 @@ def save_steps(directory, steps=(1, 2)):
 
 
 def largest_array_file(step_dir):
-    files = [f for f in glob.glob(f"{step_dir}/state/**/d/*", recursive=True) if os.path.isfile(f)]
+    """The biggest file of array chunks. Orbax keeps those in each process's OCDBT folder;
+    the top-level d/ holds the merged index, which can outgrow a tiny model's chunk files."""
+    files = [f for f in glob.glob(f"{step_dir}/state/ocdbt.process_*/d/*") if os.path.isfile(f)]
+    files = files or [f for f in glob.glob(f"{step_dir}/state/**/d/*", recursive=True) if os.path.isfile(f)]
     return max(files, key=os.path.getsize)
 
 
-def overwrite_middle(step_dir):
-    path = largest_array_file(step_dir)
+def overwrite_middle(step_dir, path=None):
+    path = path or largest_array_file(step_dir)
     data = bytearray(open(path, "rb").read())
     middle = len(data) // 2
     data[middle:middle + 8] = bytes(b ^ 0xA5 for b in data[middle:middle + 8])
     open(path, "wb").write(bytes(data))
+
+
+def overwrite_every_array_file(step_dir):
+    """Overwrites bytes in each chunk file. A real run's state spans many files, and a
+    file's middle may hold bytes no array still refers to (seen once in CI)."""
+    for path in glob.glob(f"{step_dir}/state/ocdbt.process_*/d/*"):
+        if os.path.getsize(path) > 1024:  # chunk data, not the small index nodes
+            overwrite_middle(step_dir, path)
 
 
 def delete_array_file(step_dir):

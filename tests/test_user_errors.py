@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from conftest import TINY_OVERRIDES
-from test_checkpoint import overwrite_middle, truncate_array_file
+from test_checkpoint import overwrite_every_array_file, truncate_array_file
 
 from mmjax import train
 
@@ -55,7 +55,7 @@ def one_line_error(capsys, status, expected):
 
 def test_damaged_latest_checkpoint_falls_back_end_to_end(workdir, capsys):
     path, args = workdir
-    overwrite_middle(path / "checkpoints" / "6")
+    overwrite_every_array_file(path / "checkpoints" / "6")
     assert run([*args, "--config.total_steps=8"], path) == 0
     out = capsys.readouterr().out
     assert f"checkpoint {path}/checkpoints/6 is damaged (" in out and "; falling back to 3\n" in out
@@ -66,7 +66,7 @@ def test_damaged_latest_checkpoint_falls_back_end_to_end(workdir, capsys):
 
 def test_no_intact_checkpoint_is_one_line_and_exit_2(workdir, capsys):
     path, args = workdir
-    overwrite_middle(path / "checkpoints" / "6")
+    overwrite_every_array_file(path / "checkpoints" / "6")
     truncate_array_file(path / "checkpoints" / "3")
     status = run([*args, "--config.total_steps=8"], path)
     out = one_line_error(capsys, status, "no intact checkpoint in")
