@@ -75,6 +75,11 @@ def _shuffle_seed(seed: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def _training_order(ds: grain.MapDataset, config) -> grain.MapDataset:
+    """The training stream: `ds` reshuffled every epoch, endlessly (len == sys.maxsize)."""
+    return ds.shuffle(seed=_shuffle_seed(config.seed)).repeat()
+
+
 def _ensure_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; outside absl.app.run nobody parsed them."""
     from absl import flags
@@ -165,8 +170,7 @@ def train_dataset(source: Source, config, *, global_batch: int, process_index: i
     """This host's infinite, random-access dataset of training batches (see module docstring)."""
     index, count = _process(process_index, process_count)
     host_batch = _host_batch(global_batch, count)
-    ds = grain.MapDataset.source(source.records)
-    ds = ds.shuffle(seed=_shuffle_seed(config.seed)).repeat()  # len == sys.maxsize
+    ds = _training_order(grain.MapDataset.source(source.records), config)
     # Cut the stream into host-sized blocks; global batch j is blocks jP .. jP+P-1, and host
     # i takes block jP+i. Rows of the global array are then in stream order whatever P is,
     # so 1 and N hosts put the same examples on the same devices (and agree bitwise).
@@ -200,8 +204,8 @@ def train_batches(source: Source, config, *, global_batch: int, start_batch: int
 
 def batch_example_indices(source: Source, config, *, global_batch: int, batch: int) -> np.ndarray:
     """Indices in `source` of the examples of global training batch `batch` (0-based), in
-    row order: the same shuffle as `train_dataset`, applied to the indices instead."""
-    order = grain.MapDataset.range(len(source.records)).shuffle(seed=_shuffle_seed(config.seed)).repeat()
+    row order: `train_dataset`'s order, applied to the indices instead of the records."""
+    order = _training_order(grain.MapDataset.range(len(source.records)), config)
     return np.asarray(order[batch * global_batch:(batch + 1) * global_batch], np.int64)
 
 

@@ -101,20 +101,28 @@ def test_audio_padding_invariance():
     outputs (lengths 700 and 300 are not multiples of the hop)."""
     config = tiny_config()
     encoder = AudioTransformer.from_config(config)
+    variables = encoder.init(jax.random.key(0), batch_for(config, audio_samples=1024), train=False)
+    # 700 samples: frames starting at 0..640 -> 11 frames -> 6 time patches (x2 freq);
+    # 300 samples: 5 frames -> 3 time patches.
+    reference = check_audio_padding_invariance(config, encoder, variables, valid_tokens=[12, 6])
+    assert not np.allclose(reference[0], reference[1])
+
+
+def check_audio_padding_invariance(config, encoder, variables, valid_tokens):
+    """Audio of lengths 700 and 300 padded to 704 or 1024 samples, or followed by garbage:
+    the valid token counts are `valid_tokens` and the pooled valid outputs agree. Returns
+    them (from the 1024-sample batch)."""
     short = batch_for(config, audio_samples=704)  # just past the valid samples
     long = batch_for(config, audio_samples=1024)
     garbage = dict(long, audio=long["audio"].at[0, 700:].set(0.9).at[1, 300:].set(-0.7))
-    params = encoder.init(jax.random.key(0), long, train=False)
-    apply = jax.jit(lambda b: encoder.apply(params, b, train=False))
+    apply = jax.jit(lambda b: encoder.apply(variables, b, train=False))
     results = [apply(b) for b in (short, long, garbage)]
-    # 700 samples: frames starting at 0..640 -> 11 frames -> 6 time patches (x2 freq);
-    # 300 samples: 5 frames -> 3 time patches.
     for _, mask in results:
-        np.testing.assert_array_equal(mask.sum(1), [12, 6])
+        np.testing.assert_array_equal(mask.sum(1), valid_tokens)
     reference = pooled(*results[1])
     for x, mask in (results[0], results[2]):
         np.testing.assert_allclose(pooled(x, mask), reference, atol=1e-5)
-    assert not np.allclose(reference[0], reference[1])
+    return reference
 
 
 def test_audio_empty_input_is_finite():
@@ -243,17 +251,9 @@ def test_audio_cnn_padding_invariance():
     outputs do not depend on the padding after it."""
     config = conv_config()
     encoder = AudioCNN.from_config(config)
-    short, long = batch_for(config, audio_samples=704), batch_for(config, audio_samples=1024)
-    garbage = dict(long, audio=long["audio"].at[0, 700:].set(0.9).at[1, 300:].set(-0.7))
-    variables = random_variables(encoder, long, train=False)
-    apply = jax.jit(lambda b: encoder.apply(variables, b, train=False))
-    results = [apply(b) for b in (short, long, garbage)]
+    variables = random_variables(encoder, batch_for(config, audio_samples=1024), train=False)
     # time step t sees frames up to 2t + 3: valid while (2t + 3) * 64 < length -> 4 and 1 steps, x 7 bands.
-    for _, mask in results:
-        np.testing.assert_array_equal(mask.sum(1), [28, 7])
-    reference = pooled(*results[1])
-    for x, mask in (results[0], results[2]):
-        np.testing.assert_allclose(pooled(x, mask), reference, atol=1e-5)
+    check_audio_padding_invariance(config, encoder, variables, valid_tokens=[28, 7])
 
 
 def test_cnn_config_errors():
