@@ -17,7 +17,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODALITIES = ("image", "text", "audio")
+sys.path.insert(0, ROOT)
+from mmjax.contract import MODALITIES  # noqa: E402  (bench scripts run from a checkout)
 
 
 def last_eval(workdir: str) -> dict[str, float]:

@@ -21,10 +21,8 @@ from collections.abc import Sequence
 
 import ml_collections
 
-MODALITIES = ("image", "text", "audio")
-DTYPES = ("float32", "bfloat16", "auto")
-REMAT_POLICIES = ("none", "full", "dots")
-OPTIMIZERS = ("adamw", "adam")
+from mmjax.contract import DTYPES, MODALITIES, OPTIMIZERS, REMAT_POLICIES
+
 
 
 class UserError(Exception):

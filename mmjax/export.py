@@ -36,10 +36,10 @@ from mmjax import checkpoint as ckpt_lib
 from mmjax import predict as predict_lib
 from mmjax import sharding
 from mmjax.config import UserError
+from mmjax.contract import EXPORT_DTYPES, presence_key
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-DTYPES = ("float32", "bfloat16")
 
 
 # ---------------------------------------------------------------- parameter trees
@@ -124,7 +124,7 @@ def input_specs(config) -> dict[str, tuple[tuple, str]]:
     specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in train_lib.batch_shapes(config, 1).items()
              if k != "label"}
     for m in config.modalities:
-        specs[f"present_{m}"] = ((None,), "bool")
+        specs[presence_key(m)] = ((None,), "bool")
     return specs
 
 
@@ -195,8 +195,8 @@ def _replace_folder(tmp: str, out: str, overwrite: bool) -> None:
 def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "float32",
            platforms=PLATFORMS, overwrite: bool = False, log=print) -> dict:
     """Exports a run's checkpoint to the folder `out` (see module docstring); returns its spec."""
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in EXPORT_DTYPES:
+        raise UserError(f"--dtype={dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
     if os.path.exists(out):
         if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, predict_lib.SPEC_FILE))):
             raise UserError(f"--out={out} exists and is not an export; choose another folder")

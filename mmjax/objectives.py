@@ -23,11 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmjax.models import missing
+from mmjax.contract import CONTRASTIVE, TARGET_KEY, TASKS, presence_key
 
-TASKS = ("classification", "multilabel", "regression", "none")
-CONTRASTIVE = ("none", "sigmoid", "softmax")
-TARGET_KEY = {"classification": "label", "multilabel": "label", "regression": "target"}
 Sums = dict[str, jax.Array]
 
 
@@ -230,4 +227,4 @@ class Objective:
     def without(self, batch: Mapping[str, jax.Array], modality: str) -> dict[str, jax.Array]:
         """The batch with `modality` marked absent for every example."""
         n = jax.tree.leaves(batch)[0].shape[0]
-        return {**batch, missing.presence_key(modality): jnp.zeros((n,), bool)}
+        return {**batch, presence_key(modality): jnp.zeros((n,), bool)}

@@ -37,12 +37,13 @@ import zlib
 
 import numpy as np
 
+from mmjax.contract import MODALITIES, presence_key
+
 FORMAT = "mmjax-export-v1"
 SPEC_FILE = "export.json"
 PARAMS_FILE = "params.safetensors"
 FUNCTION_FILE = "predict.jax_exported"
 TOKENIZER_FILE = "tokenizer.model"
-MODALITIES = ("image", "text", "audio")
 FIELDS = (*MODALITIES, "label")
 
 
@@ -521,7 +522,7 @@ class Predictor:
         for i, row in enumerate(rows):
             for m in self.modalities:
                 if m in row:
-                    batch[f"present_{m}"][i] = True
+                    batch[presence_key(m)][i] = True
             for key, value in row.items():
                 batch[key][i] = value
         return batch

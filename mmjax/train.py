@@ -42,8 +42,8 @@ from mmjax import prefetch
 from mmjax import pretrained
 from mmjax import sharding
 from mmjax.config import UserError
+from mmjax.contract import presence_key
 from mmjax.data import pipeline, sources, targets
-from mmjax.data.preprocess import presence_key
 from mmjax.models.multimodal import build_model
 from mmjax.preemption import RESUME_EXIT_CODE, Preempted, PreemptionWatcher
 

@@ -29,6 +29,7 @@ import math
 
 import numpy as np
 
+from mmjax.contract import hz_to_mel, mel_to_hz
 from mmjax.data.tokenizer import PAD_ID, RESERVED_ID
 
 
@@ -104,20 +105,12 @@ def time_mask(wave: np.ndarray, rng: np.random.Generator, max_fraction: float) -
     return out
 
 
-def _hz_to_mel(hz):
-    return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
-
-
-def _mel_to_hz(mel):
-    return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
-
-
 def freq_mask(wave: np.ndarray, rng: np.random.Generator, rate: int, max_fraction: float) -> np.ndarray:
     """Removes one band of up to max_fraction of the mel scale (0..Nyquist), FFT band-stop."""
-    top = float(_hz_to_mel(rate / 2))
+    top = float(hz_to_mel(rate / 2))
     width = rng.uniform(0, max_fraction) * top
     low = rng.uniform(0, top - width)
-    lo_hz, hi_hz = _mel_to_hz(low), _mel_to_hz(low + width)
+    lo_hz, hi_hz = mel_to_hz(low), mel_to_hz(low + width)
     spectrum = np.fft.rfft(wave.astype(np.float64))
     freqs = np.fft.rfftfreq(len(wave), 1.0 / rate)
     spectrum[(freqs >= lo_hz) & (freqs <= hi_hz)] = 0

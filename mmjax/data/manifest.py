@@ -23,7 +23,8 @@ import math
 import os
 from collections.abc import Sequence
 
-MODALITIES = ("image", "text", "audio")  # the batch contract's order
+from mmjax.contract import MODALITIES
+
 TARGETS = ("label", "labels", "target")
 FIELDS = (*MODALITIES, *TARGETS)
 TASK_OF_TARGET = {"label": "classification", "labels": "multilabel", "target": "regression"}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from mmjax.contract import presence_key
 from mmjax.data import augment as augment_lib
 from mmjax.data import codec, targets
 from mmjax.data.sources import optional_modalities
@@ -53,11 +54,6 @@ def check_image(image: np.ndarray, size: int) -> np.ndarray:
             f"{image.dtype} {list(image.shape)}"
         )
     return image
-
-
-def presence_key(modality: str) -> str:
-    """The batch key that flags, per example, whether `modality` is there (the model's contract)."""
-    return f"present_{modality}"
 
 
 def preprocess_example(example: dict, modalities: Sequence[str], *, image_size: int,

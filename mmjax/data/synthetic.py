@@ -46,6 +46,7 @@ import tempfile
 
 import numpy as np
 
+from mmjax.contract import hz_to_mel, mel_to_hz
 from mmjax.data import codec, sources
 
 VERSION = 1  # bump when the generated data change, so caches are rebuilt
@@ -83,7 +84,7 @@ REDUNDANT_STATEMENTS = ("the answer is {}", "it is {}", "{} it is", "that is {}"
                         "label: {}", "class {}")
 PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
 SUFFIXES = ("", "", " pls", " now", " :)", " ok")
-TASKS = ("default", "redundant", "multilabel", "regression")
+SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression")
 MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
                       + tuple(t.format(n) for t in REDUNDANT_STATEMENTS for n in CLASS_NAMES))
                   + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
@@ -92,21 +93,13 @@ _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
 _FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
 
 
-def _hz_to_mel(f):
-    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
-
-
-def _mel_to_hz(m):
-    return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
-
-
 def pitch_frequencies(audio_rate: int) -> np.ndarray:
     """The 10 tone frequencies (Hz): evenly spaced in mel from 300 to 3000 Hz.
 
     At sample rates below 8 kHz the top moves down to 0.375 * rate to stay below Nyquist.
     """
     top = min(3000.0, 0.375 * audio_rate)
-    return _mel_to_hz(np.linspace(_hz_to_mel(top / 10.0), _hz_to_mel(top), NUM_CLASSES))
+    return mel_to_hz(np.linspace(hz_to_mel(top / 10.0), hz_to_mel(top), NUM_CLASSES))
 
 
 def _draw_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.ndarray:
@@ -193,8 +186,8 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
     if audio_samples < 2 * _FADE:
         raise ValueError(f"audio_samples={audio_samples} is too short; use >= {2 * _FADE}")
-    if task not in TASKS:
-        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(TASKS)}")
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(SYNTHETIC_TASKS)}")
     if task in ("multilabel", "regression"):
         return _generate_variant(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
                                  audio_samples=audio_samples, task=task)
@@ -227,8 +220,8 @@ def _generate_variant(num_examples: int, seed: int, *, image_size: int, audio_ra
         freqs = pitch_frequencies(audio_rate)[b]
     else:
         position = rng.random(num_examples)  # the pitch, as a position on the notes' mel range
-        lo, hi = _hz_to_mel(pitch_frequencies(audio_rate)[[0, -1]])
-        freqs = _mel_to_hz(lo + position * (hi - lo))
+        lo, hi = hz_to_mel(pitch_frequencies(audio_rate)[[0, -1]])
+        freqs = mel_to_hz(lo + position * (hi - lo))
         b, c = np.full(num_examples, -1), c % 2  # c: which question the (nuisance) text asks
     images = _draw_images(rng, a, image_size)
     audio, lengths = _make_audio(rng, freqs, audio_rate, audio_samples)
@@ -284,8 +277,8 @@ def _params(config_data) -> dict:
         "seed": int(syn.seed),
     }
     task = str(syn.get("task", "default"))
-    if task not in TASKS:
-        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(TASKS)}")
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(SYNTHETIC_TASKS)}")
     if task != "default":  # only then, so existing caches of the default task stay valid
         params["task"] = task
     return params

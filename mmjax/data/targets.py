@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("classification", "multilabel", "regression")
-STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression": "target"}
+from mmjax.contract import LABELLED_TASKS, STORED_FIELD, TASKS
+
 
 
 def task_of(config: Any) -> str:
@@ -39,8 +39,8 @@ def spec_tasks(spec: Mapping | None) -> tuple[str, ...]:
 def validate(spec: Mapping, where: str) -> None:
     """Checks 'tasks' and 'target_size'; raises ValueError naming the bad field."""
     tasks = spec.get("tasks", ["classification"])
-    if not isinstance(tasks, list) or not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"{where}: 'tasks' must be a non-empty list of {', '.join(TASKS)}, got {tasks!r}")
+    if not isinstance(tasks, list) or not tasks or any(t not in LABELLED_TASKS for t in tasks):
+        raise ValueError(f"{where}: 'tasks' must be a non-empty list of {', '.join(LABELLED_TASKS)}, got {tasks!r}")
     if "regression" in tasks:
         size = spec.get("target_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -53,8 +53,8 @@ def check_task(spec: Mapping, task: str, where: str) -> None:
     """Raises ValueError if the data set has no targets for config.loss.task."""
     if task == "none" or task in spec_tasks(spec):
         return
-    if task not in TASKS:
-        raise ValueError(f"config.loss.task={task!r} is not one of {[*TASKS, 'none']}")
+    if task not in LABELLED_TASKS:
+        raise ValueError(f"config.loss.task={task!r} is not one of {list(TASKS)}")
     has = ", ".join(spec_tasks(spec))
     raise ValueError(
         f"config.loss.task={task!r} but the data set {where} has no {STORED_FIELD[task]!r} field "

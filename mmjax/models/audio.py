@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.contract import hz_to_mel, mel_to_hz
 from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
 
@@ -31,16 +32,6 @@ LOG_FLOOR = 1e-6
 # [-1, 1] lands near +0.6 (measured on the default front end: 8 kHz, window 256).
 LOG_MEL_SHIFT = 7.0
 LOG_MEL_SCALE = 5.0
-
-
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """HTK mel scale."""
-    return 2595.0 * np.log10(1.0 + hz / 700.0)
-
-
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    """Inverse of hz_to_mel."""
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
 
 
 @functools.lru_cache(maxsize=16)

@@ -29,12 +29,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.contract import MODALITIES
 from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
 
-# Canonical modality order; modality embeddings are indexed by position in it, so a
-# model trained on a subset keeps compatible parameter shapes.
-MODALITIES = ("image", "text", "audio")
 
 Features = Mapping[str, tuple[jax.Array, jax.Array]]
 

@@ -12,10 +12,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-
-def presence_key(modality: str) -> str:
-    """The optional batch key that marks a modality present/absent per example."""
-    return f"present_{modality}"
+from mmjax.contract import presence_key
 
 
 def presence(batch: Mapping[str, jax.Array], modalities: Sequence[str], batch_size: int) -> jax.Array:

@@ -24,7 +24,8 @@ import numpy as np
 
 from mmjax.models import layers, missing
 from mmjax.models.audio import AUDIO_ENCODERS
-from mmjax.models.fusion import FUSIONS, MODALITIES
+from mmjax.contract import MODALITIES
+from mmjax.models.fusion import FUSIONS
 from mmjax.models.heads import CONTRASTIVE_INIT, ClassificationHead, ContrastiveHead
 from mmjax.models.image import IMAGE_ENCODERS
 from mmjax.models.text import TEXT_ENCODERS

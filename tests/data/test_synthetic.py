@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmjax import contract
 from mmjax.data import codec, sources, synthetic
 
 KW = dict(image_size=16, audio_rate=8000, audio_samples=512)
@@ -104,8 +105,8 @@ def test_glyphs_and_pitches_are_distinct():
     assert synthetic.GLYPHS.shape == (10, 7, 5)
     flat = synthetic.GLYPHS.reshape(10, -1)
     assert len({row.tobytes() for row in flat}) == 10
-    mel = synthetic._hz_to_mel(synthetic.pitch_frequencies(8000))
-    mel_bin_width = synthetic._hz_to_mel(4000.0) / 33  # 32 triangular mel bins up to Nyquist
+    mel = contract.hz_to_mel(synthetic.pitch_frequencies(8000))
+    mel_bin_width = contract.hz_to_mel(4000.0) / 33  # 32 triangular mel bins up to Nyquist
     assert np.diff(mel).min() > 2 * mel_bin_width
 
 
