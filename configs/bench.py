@@ -20,14 +20,12 @@ examples) is there to show the metrics (train/mfu, train/data_wait_fraction), no
 reach an accuracy.
 """
 
-import os
-
-from mmjax import config as config_lib
+from configs import base
 
 
 def get_config(arg=None):
     del arg
-    c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.batch_size = 32
     c.total_steps = 300
     c.log_every = 20

@@ -12,14 +12,12 @@ keeping only the matmul outputs. `mmjax.compile` reports its per-chip memory and
 figures are in BUILD.md ("Running on a TPU pod").
 """
 
-import os
-
-from mmjax import config as config_lib
+from configs import base
 
 
 def get_config(arg=None):
     del arg
-    c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
+    c = base.get_config()
     c.total_steps = 100_000
     c.batch_size = 512
     c.log_every = 100

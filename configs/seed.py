@@ -23,21 +23,12 @@ features cannot do (its limit is 0.55). On the redundant variant
 it learns the task.
 """
 
-import importlib.util
-import os
-
-
-def _base_config():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py")
-    spec = importlib.util.spec_from_file_location("_mmjax_base_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from configs import base
 
 
 def get_config(arg=None):
     del arg  # seed.py takes no argument
-    c = _base_config()
+    c = base.get_config()
     # Keras' Adam defaults: a constant lr of 1e-3, beta 0.9 / 0.999, epsilon 1e-7.
     c.optim.update(dict(kind="adam", lr=1e-3, b1=0.9, b2=0.999, eps=1e-7, warmup_steps=0))
     c.model.head_norm = False  # a bare Dense on the concatenation

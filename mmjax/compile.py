@@ -32,7 +32,7 @@ from etils import epath  # noqa: E402
 
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding, train  # noqa: E402
-from mmjax.config import UserError  # noqa: E402
+from mmjax.config import UserError, cli  # noqa: E402
 from mmjax.data import targets  # noqa: E402
 from mmjax.models.multimodal import build_model  # noqa: E402
 
@@ -105,9 +105,9 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     sharding.check_batch_size(config.batch_size, mesh)
     # 'auto' model settings follow the platform JAX runs on, which here is the CPU; compile
     # what the TPU will run instead (fused attention, layer loops, bfloat16).
-    if config.model.get("attention", "auto") == "auto":
+    if config.model.attention == "auto":
         config.model.attention = "dpa"
-    if config.model.get("unroll", "auto") == "auto":
+    if config.model.unroll == "auto":
         config.model.unroll = "no"
     if config.model.dtype == "auto":
         config.model.dtype = "bfloat16"
@@ -190,13 +190,23 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+SYNOPSIS = "python -m mmjax.compile --config=CONFIG --topology=v5e:16x16 [--config.key=value]"
+
+
+def usage() -> str:
+    return cli.usage(SYNOPSIS, [(f"--{name}=...", flags.FLAGS[name].help) for name in ("topology", "num_classes")])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if help_kind := cli.help_requested(argv[1:]):
+        cli.show_help(help_kind, usage())
+        return 0
     try:
         spec, overrides, rest = config_lib.split_config_args(argv[1:])
         flags.FLAGS(argv[:1] + rest)
         if spec is None or not flags.FLAGS.topology:
-            raise UserError("usage: python -m mmjax.compile --config=CONFIG --topology=v5e:16x16 [--config.key=value]")
+            raise UserError(f"usage: {SYNOPSIS}")
         config = config_lib.load_config_file(spec)
         config_lib.apply_overrides(config, overrides)
         report = check_fit(config, flags.FLAGS.topology, flags.FLAGS.num_classes)

@@ -29,13 +29,13 @@ import tempfile
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
+from mmjax import config as config_lib
 from mmjax import predict as predict_lib
 from mmjax import sharding
-from mmjax.config import UserError
+from mmjax.config import UserError, cli
 from mmjax.contract import EXPORT_DTYPES, presence_key
 from mmjax.models.multimodal import build_model
 
@@ -88,7 +88,7 @@ def restore_params(workdir: str, step: int | None = None):
             raise UserError(f"--step={step}: {workdir}/checkpoints has steps "
                             f"{', '.join(map(str, sorted(steps)))}")
         meta = checkpointer.read_meta(step)
-        config = ml_collections.ConfigDict(meta["config"])
+        config = config_lib.upgrade(meta["config"])  # an older run's config, in today's schema
         model = build_model(config, int(meta["num_classes"]))
         tx, _ = train_lib.make_optimizer(config)
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
@@ -130,7 +130,7 @@ def input_specs(config) -> dict[str, tuple[tuple, str]]:
 
 def export_function(config, num_classes: int, flat_params: dict, *, platforms=PLATFORMS) -> bytes:
     """jax.export of params, batch -> {'logits', 'probabilities'}; the batch size is symbolic."""
-    if config.loss.get("task", "classification") != "classification":
+    if config.loss.task != "classification":
         raise UserError(f"config.loss.task={config.loss.task!r}: export supports classification runs")
     model = build_model(config, num_classes)
 
@@ -217,7 +217,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
     try:
         tokenizer_file = None
-        if "text" in config.modalities and config.data.get("tokenizer", "bytes") not in ("", "bytes"):
+        if "text" in config.modalities and config.data.tokenizer not in ("", "bytes"):
             tokenizer_file = predict_lib.TOKENIZER_FILE
             shutil.copyfile(config.data.tokenizer, os.path.join(tmp, tokenizer_file))
         spec = _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file)
@@ -250,11 +250,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="parameter dtype in the export: float32 or bfloat16")
     p.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated: cpu,cuda,tpu")
     p.add_argument("--overwrite", action="store_true", help="replace an export already in --out")
+    p.add_argument("--help_config", action="store_true",
+                   help="list every config key of a run (the export keeps the run's config)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if cli.help_requested(argv) == "config":  # before argparse, which wants --workdir and --out
+        cli.show_help("config", "")
+        return 0
+    args = _parser().parse_args(argv)
     try:
         platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
         unknown = [p for p in platforms if p not in PLATFORMS]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmjax.models import layers
 from mmjax.models.audio import frame_count, num_frames
 
 TRAIN_FACTOR = 3  # forward + backward (~2x forward)
@@ -36,7 +35,7 @@ def _stack(sub: Any, tokens: int) -> int:
 def _conv_stages(height: int, width: int, channels_in: int, sub: Any) -> tuple[int, int, int, int]:
     """(flops, out height, out width, out channels) of config.model.<m>'s conv stages."""
     total, k, pool = 0, int(sub.kernel), int(sub.pool)
-    for c in layers.positive_ints(sub.channels, "channels"):
+    for c in map(int, sub.channels):
         height, width = height - k + 1, width - k + 1
         total += 2 * height * width * k * k * channels_in * c
         height, width, channels_in = height // pool, width // pool, c
@@ -56,11 +55,11 @@ def image_encoder(config: Any) -> tuple[int, int, int]:
 def text_encoder(config: Any) -> tuple[int, int, int]:
     sub, length = config.model.text, int(config.data.text_length)
     width = int(sub.width)
-    lookup = 0 if sub.get("lookup", "one_hot") == "gather" else 2 * length * int(sub.vocab_size) * width
+    lookup = 0 if sub.lookup == "gather" else 2 * length * int(sub.vocab_size) * width
     if sub.kind == "transformer":
         return lookup + _stack(sub, length), length, width
     recurrence = 2 * length * (width * 4 * width) * 2  # input and recurrent kernels (units = width)
-    return lookup + recurrence, length if sub.get("return_sequences", False) else 1, width
+    return lookup + recurrence, length if sub.return_sequences else 1, width
 
 
 def audio_encoder(config: Any) -> tuple[int, int, int]:
@@ -94,7 +93,7 @@ def fusion_core(config: Any, encoded: dict[str, tuple[int, int]]) -> tuple[int, 
         k, keys = int(f.num_latents), sum(n for n, _ in encoded.values())
         return project + block(k, width, mlp, keys=keys) + depth * block(k, width, mlp), width
     # concat: pooled (mean) or flattened features, then `depth` Dense(mlp) layers
-    size = sum(d if f.get("pool", "mean") == "mean" else n * d for n, d in encoded.values())
+    size = sum(d if f.pool == "mean" else n * d for n, d in encoded.values())
     total = 0
     for _ in range(depth):
         total, size = total + 2 * size * mlp, mlp
@@ -109,8 +108,8 @@ def forward_flops(config: Any, num_classes: int = 10) -> dict[str, int]:
         parts[m], encoded[m] = flops, (tokens, width)
     parts["fusion"], width = fusion_core(config, encoded)
     head = 2 * width * int(num_classes)
-    loss = config.get("loss")
-    if loss is not None and loss.get("contrastive", "none") != "none":
+    loss = config.loss
+    if loss.contrastive != "none":
         head += sum(2 * encoded[m][1] * int(loss.contrastive_dim) for m in loss.contrastive_pair)
     parts["head"] = head
     return parts

@@ -110,14 +110,14 @@ def cpu_host_peak(cache_dir: str = "", *, refresh: bool = False) -> float:
 
 def peak_flops_per_device(config, device=None) -> Peak:
     """Peak FLOP/s of one device for the config's compute dtype (config.model.dtype)."""
-    override = float(config.get("peak_tflops", 0.0) or 0.0)
+    override = float(config.peak_tflops)
     if override > 0:
         return Peak(override * 1e12, "config.peak_tflops")
     device = device or jax.local_devices()[0]
     dtype = resolve_dtype_name(str(config.model.dtype))
     if device.platform == "cpu":
         cpus = sum(d.platform == "cpu" for d in jax.local_devices())
-        cache_dir = str(config.data.get("cache_dir", "")) if "data" in config else ""
+        cache_dir = str(config.data.cache_dir)
         return Peak(cpu_host_peak(cache_dir) / cpus, f"measured float32 matmul, host shared by {cpus} devices")
     peak = table_peak(device.device_kind, dtype)
     if peak is None:

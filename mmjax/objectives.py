@@ -16,14 +16,14 @@ batch['target'] float [B, T]. The model's head has C (or T) outputs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mmjax.contract import CONTRASTIVE, TARGET_KEY, TASKS, presence_key
+from mmjax.contract import CONTRASTIVE, TARGET_KEY, presence_key
 
 Sums = dict[str, jax.Array]
 
@@ -137,43 +137,16 @@ class Objective:
 
     @classmethod
     def from_config(cls, config: Any) -> "Objective":
-        """Reads config.loss (absent: classification) and config.eval_without; raises a
-        ValueError naming the key for a bad value."""
-        loss = config.get("loss")
-        obj = cls() if loss is None else cls(
+        """Reads config.loss and config.eval_without; trusts them (mmjax.config.validate
+        checked each key and how they fit config.modalities)."""
+        loss = config.loss
+        return cls(
             task=str(loss.task),
             contrastive=str(loss.contrastive),
             pair=tuple(loss.contrastive_pair),
             contrastive_weight=float(loss.contrastive_weight),
+            eval_without=tuple(config.eval_without),
         )
-        obj = dataclasses.replace(obj, eval_without=tuple(config.get("eval_without", ())))
-        obj.check(tuple(config.modalities))
-        return obj
-
-    def check(self, modalities: Sequence[str]) -> None:
-        """Raises ValueError naming the config key of the first bad setting."""
-        if self.task not in TASKS:
-            raise ValueError(f"config.loss.task={self.task!r} is not one of {list(TASKS)}")
-        if self.contrastive not in CONTRASTIVE:
-            raise ValueError(f"config.loss.contrastive={self.contrastive!r} is not one of {list(CONTRASTIVE)}")
-        if self.task == "none" and self.contrastive == "none":
-            raise ValueError("config.loss.task and config.loss.contrastive are both 'none'; nothing to train")
-        if self.contrastive != "none":
-            if len(self.pair) != 2 or self.pair[0] == self.pair[1] or not set(self.pair) <= set(modalities):
-                raise ValueError(
-                    f"config.loss.contrastive_pair={self.pair} must name two different "
-                    f"modalities of config.modalities={tuple(modalities)}"
-                )
-            if self.contrastive_weight <= 0:
-                raise ValueError(f"config.loss.contrastive_weight={self.contrastive_weight} must be > 0")
-        unknown = sorted(set(self.eval_without) - set(modalities))
-        if unknown:
-            raise ValueError(
-                f"config.eval_without={self.eval_without} names {unknown}, which are not in "
-                f"config.modalities={tuple(modalities)}"
-            )
-        if self.eval_without and self.task == "none":
-            raise ValueError("config.eval_without needs a task loss (config.loss.task is 'none')")
 
     @property
     def needs_aux(self) -> bool:

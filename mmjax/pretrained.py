@@ -78,10 +78,10 @@ def read_export_params(export_dir: str) -> dict[str, np.ndarray]:
 def load_into(state, config):
     """state with config.init_from's parameters (those under config.init_from_prefix) in place
     of the fresh ones, placed with the state's own shardings; unchanged if init_from is ''."""
-    export_dir = config.get("init_from", "")
+    export_dir = config.init_from
     if not export_dir:
         return state
-    prefix = str(config.get("init_from_prefix", ""))
+    prefix = str(config.init_from_prefix)
     tensors = read_export_params(export_dir)
     chosen = {k: v for k, v in tensors.items() if matches(k, prefix)}
     if not chosen:

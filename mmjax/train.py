@@ -42,6 +42,7 @@ from mmjax import prefetch
 from mmjax import pretrained
 from mmjax import sharding
 from mmjax.config import UserError
+from mmjax.config import cli as config_cli
 from mmjax.contract import presence_key
 from mmjax.data import pipeline, sources, targets
 from mmjax.models.multimodal import build_model
@@ -428,6 +429,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
 
 # ============================================================================ entry point
+def usage() -> str:
+    return config_cli.usage("python -m mmjax.train --config=configs/base.py --workdir=DIR [--config.key=value]",
+                            [("--workdir=DIR", flags.FLAGS["workdir"].help)])
+
+
 def _parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str]:
     spec, overrides, rest = config_lib.split_config_args(argv[1:])
     flags.FLAGS(argv[:1] + rest)
@@ -442,6 +448,9 @@ def _parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    if help_kind := config_cli.help_requested(argv[1:]):
+        config_cli.show_help(help_kind, usage())
+        return 0
     try:
         config, workdir = _parse_command_line(argv)
         distributed.initialize()  # before anything touches a device

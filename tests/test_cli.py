@@ -60,3 +60,46 @@ def test_user_errors_are_one_clear_line(tmp_path, run_train, flag, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- help, in process (fast)
+@pytest.mark.parametrize("module, expected", [
+    ("train", "usage: python -m mmjax.train --config=configs/base.py --workdir=DIR"),
+    ("compile", "usage: python -m mmjax.compile --config=CONFIG --topology="),
+])
+def test_help_exits_0_with_usage(module, expected, capsys):
+    import importlib
+
+    main = importlib.import_module(f"mmjax.{module}").main
+    assert main([f"mmjax.{module}", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(expected) and "--config FILE[:ARG]" in out and "--help_config" in out
+    for flag in ("--help_config", "--help=config"):
+        assert main([f"mmjax.{module}", flag]) == 0
+        assert "model.image.kind = 'vit'" in capsys.readouterr().out
+
+
+def test_export_help_and_config_listing(capsys):
+    from mmjax import export
+
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--help"])
+    assert exit_info.value.code == 0 and "--workdir WORKDIR" in capsys.readouterr().out
+    assert export.main(["--help_config"]) == 0
+    assert "evals.NAME.kind = 'task'" in capsys.readouterr().out
+
+
+def test_help_from_the_command_line_exits_0():
+    result = subprocess.run([sys.executable, "-m", "mmjax.train", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m mmjax.train"), result.stderr
+
+
+def test_config_file_in_space_form_is_loaded(capsys):
+    from mmjax import train
+
+    os.environ["MMJAX_DISTRIBUTED"] = "off"
+    status = train.main(["mmjax.train", "--config", os.path.join(ROOT, "configs", "seed.py"),
+                         "--config.optim.kind=sgd", "--workdir=W"])
+    assert status == 2
+    assert "config.optim.kind: 'sgd' is not one of adamw, adam" in capsys.readouterr().err

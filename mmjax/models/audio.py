@@ -106,20 +106,16 @@ class AudioTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any) -> "AudioTransformer":
-        """Builds the encoder from config.model.audio, config.model and config.data."""
+        """Builds the encoder from config.model.audio, config.model and config.data (the
+        schema checked each key; this checks that the patches tile the spectrogram)."""
         sub = config.model.audio
         values = {k: int(sub[k]) for k in ("n_mels", "window", "hop", "patch_time", "patch_freq")}
-        for key, value in values.items():
-            if value <= 0:
-                raise ValueError(f"config.model.audio.{key}={value} must be positive")
         if values["n_mels"] % values["patch_freq"]:
             raise ValueError(
                 f"config.model.audio.n_mels={values['n_mels']} must be a multiple of "
                 f"config.model.audio.patch_freq={values['patch_freq']}"
             )
         rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
-        if rate <= 0 or samples <= 0:
-            raise ValueError("config.data.audio_rate and config.data.audio_samples must be positive")
         spec = TransformerSpec.from_config(sub, config.model, "config.model.audio")
         return cls(spec=spec, sample_rate=rate, max_samples=samples, **values)
 
@@ -172,16 +168,12 @@ class AudioCNN(nn.Module):
     @classmethod
     def from_config(cls, config: Any) -> "AudioCNN":
         """Builds the encoder from config.model.audio (channels, kernel, pool, n_mels,
-        window, hop) and config.data."""
+        window, hop) and config.data (the schema checked each key; this checks that the
+        spectrogram fits the stages)."""
         sub = config.model.audio
-        channels = layers.positive_ints(sub.channels, "config.model.audio.channels")
+        channels = tuple(int(c) for c in sub.channels)
         values = {k: int(sub[k]) for k in ("kernel", "pool", "n_mels", "window", "hop")}
-        for key, value in values.items():
-            if value <= 0:
-                raise ValueError(f"config.model.audio.{key}={value} must be positive")
         rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
-        if rate <= 0 or samples <= 0:
-            raise ValueError("config.data.audio_rate and config.data.audio_samples must be positive")
         frames = frame_count(samples, values["hop"])
         for size, what in ((frames, f"{frames} frames"), (values["n_mels"], "config.model.audio.n_mels")):
             if layers.conv_output_size(size, values["kernel"], values["pool"], len(channels)) < 1:
@@ -189,7 +181,6 @@ class AudioCNN(nn.Module):
                     f"the spectrogram ({what}) is too small for config.model.audio.channels="
                     f"{channels} with kernel={values['kernel']}, pool={values['pool']}"
                 )
-        layers.compute_dtype(str(config.model.dtype))
         return cls(channels=channels, sample_rate=rate, dtype=str(config.model.dtype), **values)
 
     def last_frame(self, num_tokens: int) -> np.ndarray:

@@ -76,7 +76,7 @@ class JointFusion(nn.Module):
     def from_config(cls, config: Any) -> "JointFusion":
         """Builds the core from config.fusion and config.model."""
         return cls(spec=TransformerSpec.from_config(config.fusion, config.model, "config.fusion"),
-                   modality_embed=bool(config.fusion.get("modality_embed", True)))
+                   modality_embed=bool(config.fusion.modality_embed))
 
     @nn.compact
     def __call__(self, features: Features, *, train: bool) -> jax.Array:
@@ -115,18 +115,12 @@ class ConcatFusion(nn.Module):
     dropout: float = 0.0
     dtype: str = "float32"
 
-    POOLS = ("mean", "flatten")
-
     @classmethod
     def from_config(cls, config: Any) -> "ConcatFusion":
-        """Builds the core from config.fusion (pool, depth, mlp) and config.model."""
+        """Builds the core from config.fusion (pool 'mean' | 'flatten', depth, mlp) and
+        config.model (the schema checked them)."""
         f = config.fusion
-        pool, depth, hidden = str(f.get("pool", "mean")), int(f.depth), int(f.mlp)
-        if pool not in cls.POOLS:
-            raise ValueError(f"config.fusion.pool={pool!r} is not one of {list(cls.POOLS)}")
-        if depth < 0 or (depth and hidden <= 0):
-            raise ValueError("config.fusion.depth must be >= 0 and config.fusion.mlp positive")
-        layers.compute_dtype(str(config.model.dtype))
+        pool, depth, hidden = str(f.pool), int(f.depth), int(f.mlp)
         return cls(pool=pool, depth=depth, hidden=hidden, dropout=float(config.model.dropout), dtype=str(config.model.dtype))
 
     @nn.compact
@@ -219,8 +213,6 @@ class BottleneckFusion(nn.Module):
             raise ValueError(
                 f"config.fusion.fusion_layer={fusion_layer} must be in [0, config.fusion.depth={spec.depth}]"
             )
-        if k <= 0:
-            raise ValueError(f"config.fusion.num_bottlenecks={k} must be positive")
         return cls(spec=spec, fusion_layer=fusion_layer, num_bottlenecks=k)
 
     @nn.compact
@@ -273,8 +265,6 @@ class CrossFusion(nn.Module):
         """Builds the core from config.fusion (width, depth, heads, mlp, num_latents)."""
         spec = TransformerSpec.from_config(config.fusion, config.model, "config.fusion")
         k = int(config.fusion.num_latents)
-        if k <= 0:
-            raise ValueError(f"config.fusion.num_latents={k} must be positive")
         return cls(spec=spec, num_latents=k)
 
     @nn.compact

@@ -63,19 +63,17 @@ class ImageCNN(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any) -> "ImageCNN":
-        """Builds the encoder from config.model.image (channels, kernel, pool) and config.data."""
+        """Builds the encoder from config.model.image (channels, kernel, pool) and config.data
+        (the schema checked each key; this checks that the image fits the stages)."""
         sub = config.model.image
-        channels = layers.positive_ints(sub.channels, "config.model.image.channels")
+        channels = tuple(int(c) for c in sub.channels)
         kernel, pool = int(sub.kernel), int(sub.pool)
-        if kernel <= 0 or pool <= 0:
-            raise ValueError("config.model.image.kernel and config.model.image.pool must be positive")
         size = int(config.data.image_size)
         if layers.conv_output_size(size, kernel, pool, len(channels)) < 1:
             raise ValueError(
                 f"config.data.image_size={size} is too small for {len(channels)} conv stages "
                 f"(config.model.image.channels={channels}, kernel={kernel}, pool={pool})"
             )
-        layers.compute_dtype(str(config.model.dtype))
         return cls(channels=channels, kernel=kernel, pool=pool, dtype=str(config.model.dtype))
 
     @nn.compact

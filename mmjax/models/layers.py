@@ -19,10 +19,10 @@ import jax.numpy as jnp
 Array = jax.Array
 Axes = tuple[str | None, ...]
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+JNP_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Per-block rematerialisation: None = no remat; otherwise the jax.checkpoint policy
 # (a policy of None under nn.remat saves nothing and recomputes the whole block).
-REMAT_POLICIES = {
+REMAT_POLICY = {  # config.model.remat (contract.REMAT_POLICIES) -> policy
     "none": None,
     "full": None,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -31,30 +31,18 @@ REMAT_POLICIES = {
 BLC = ("act_batch", "act_length", "act_embed")  # the activation between blocks
 
 
-def positive_ints(values: Any, key: str) -> tuple[int, ...]:
-    """A non-empty tuple of positive ints from a config value, else a ValueError naming key."""
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={values!r} must be a tuple of positive ints") from None
-    if not out or min(out) <= 0:
-        raise ValueError(f"{key}={values!r} must be a non-empty tuple of positive ints")
-    return out
-
-
 def resolve_dtype_name(name: str) -> str:
     """config.model.dtype -> 'float32' | 'bfloat16'; 'auto' is bfloat16 on TPU/GPU (where
-    its matmuls run at several times the float32 rate) and float32 on the CPU."""
+    its matmuls run at several times the float32 rate) and float32 on the CPU. The config
+    schema checked the name."""
     if name == "auto":
         return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    if name not in DTYPES:
-        raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(DTYPES) + ['auto']}")
     return name
 
 
 def compute_dtype(name: str) -> Any:
-    """Maps config.model.dtype to a jnp dtype, with a clear error for anything else."""
-    return DTYPES[resolve_dtype_name(name)]
+    """Maps config.model.dtype to a jnp dtype."""
+    return JNP_DTYPES[resolve_dtype_name(name)]
 
 
 def constrain(x: Array, names: Axes) -> Array:
@@ -156,8 +144,9 @@ class TransformerSpec:
     @classmethod
     def from_config(cls, sub: Any, model: Any, where: str) -> "TransformerSpec":
         """Reads width/depth/heads/mlp/final_norm from `sub` (e.g. config.model.image) and
-        dropout/dtype/remat/scan from `model` (config.model); `where` names `sub` in
-        error messages."""
+        dropout/dtype/remat/scan/attention/unroll from `model` (config.model); `where` names
+        `sub` in error messages. The schema checked each key; this checks that they fit
+        together as a transformer."""
         spec = cls(
             width=int(sub.width),
             depth=int(sub.depth),
@@ -167,9 +156,9 @@ class TransformerSpec:
             dtype=str(model.dtype),
             remat=str(model.remat),
             scan=bool(model.scan),
-            final_norm=bool(getattr(sub, "final_norm", True)),
-            attention=attention_kind(str(getattr(model, "attention", "auto"))),
-            unroll=resolve_unroll(str(getattr(model, "unroll", "auto"))),
+            final_norm=bool(sub.final_norm),
+            attention=attention_kind(str(model.attention)),
+            unroll=resolve_unroll(str(model.unroll)),
         )
         if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
             raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
@@ -177,13 +166,6 @@ class TransformerSpec:
             raise ValueError(
                 f"{where}.width={spec.width} must be divisible by {where}.heads={spec.heads}"
             )
-        if not 0.0 <= spec.dropout < 1.0:
-            raise ValueError(f"config.model.dropout={spec.dropout} must be in [0, 1)")
-        if spec.remat not in REMAT_POLICIES:
-            raise ValueError(
-                f"config.model.remat={spec.remat!r} is not one of {list(REMAT_POLICIES)}"
-            )
-        compute_dtype(spec.dtype)
         return spec
 
 
@@ -208,13 +190,9 @@ def attention_mask(key_mask: Array, query_mask: Array | None = None) -> Array:
 #   'einsum' heads-major batched matmuls + float32 softmax, written out: on XLA:CPU its
 #            score matmul runs ~3x faster than dpa's token-major one;
 #   'auto'   'einsum' when JAX's default backend is the CPU, else 'dpa'.
-ATTENTION_KINDS = ("auto", "dpa", "einsum")
-
-
+# (The names are the schema's choices for config.model.attention, which checks them.)
 def attention_kind(name: str) -> str:
     """Resolves config.model.attention ('auto' by the platform) to 'dpa' or 'einsum'."""
-    if name not in ATTENTION_KINDS:
-        raise ValueError(f"config.model.attention={name!r} is not one of {list(ATTENTION_KINDS)}")
     if name == "auto":
         return "einsum" if jax.default_backend() == "cpu" else "dpa"
     return name
@@ -224,13 +202,9 @@ def attention_kind(name: str) -> str:
 # unrolled. Parameters are stacked ('layers' axis) either way, so checkpoints move freely
 # between the two. Unrolled lets XLA:CPU schedule across layers (~15% faster steps
 # there); on TPU/GPU the loop compiles faster and saves memory.
-UNROLL_CHOICES = ("auto", "yes", "no")
-
-
 def resolve_unroll(name: str) -> bool:
-    """config.model.unroll -> bool; 'auto' unrolls when JAX's default backend is the CPU."""
-    if name not in UNROLL_CHOICES:
-        raise ValueError(f"config.model.unroll={name!r} is not one of {list(UNROLL_CHOICES)}")
+    """config.model.unroll ('auto' | 'yes' | 'no') -> bool; 'auto' unrolls when JAX's
+    default backend is the CPU."""
     return name == "yes" or (name == "auto" and jax.default_backend() == "cpu")
 
 
@@ -249,7 +223,7 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
 
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: jax.nn.dot_product_attention (fused by XLA/cuDNN) or the
-    written-out einsum form (kind='einsum', faster on CPU); see ATTENTION_KINDS."""
+    written-out einsum form (kind='einsum', faster on CPU); see attention_kind."""
 
     heads: int
     dtype: Any = jnp.float32
@@ -353,7 +327,7 @@ def repeat_layers(
     """
     if spec.remat != "none":
         # CSE prevention is only needed outside scan (scan already blocks it).
-        block = nn.remat(block, policy=REMAT_POLICIES[spec.remat], prevent_cse=not spec.scan)
+        block = nn.remat(block, policy=REMAT_POLICY[spec.remat], prevent_cse=not spec.scan)
     if spec.scan:
         scanned = nn.scan(
             block,

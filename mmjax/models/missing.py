@@ -34,10 +34,9 @@ def drop_modalities(rng: jax.Array, present: jax.Array, rate: float) -> jax.Arra
 
     If that would leave an example with none of its present modalities, the one whose
     random draw was largest is kept, so an example never loses all of them (examples
-    with none present stay that way). present: bool [B, M] -> bool [B, M].
+    with none present stay that way). present: bool [B, M] -> bool [B, M]. `rate` is
+    config.modality_dropout, in [0, 1) (the config schema checks it).
     """
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"config.modality_dropout={rate} must be in [0, 1)")
     if rate == 0.0:
         return present
     draw = jax.random.uniform(rng, present.shape)

@@ -22,15 +22,17 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from mmjax.config.schema import check_modalities_fit
+from mmjax.contract import MODALITIES
 from mmjax.models import layers, missing
 from mmjax.models.audio import AUDIO_ENCODERS
-from mmjax.contract import MODALITIES
 from mmjax.models.fusion import FUSIONS
-from mmjax.models.heads import CONTRASTIVE_INIT, ClassificationHead, ContrastiveHead
+from mmjax.models.heads import ClassificationHead, ContrastiveHead
 from mmjax.models.image import IMAGE_ENCODERS
 from mmjax.models.text import TEXT_ENCODERS
 
-# config.model.<modality>.kind -> encoder class (each has from_config(config)).
+# config.model.<modality>.kind -> encoder class (each has from_config(config)); the
+# schema's choices for those keys name the same kinds (tests/models/test_multimodal.py).
 ENCODERS = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
 # Batch keys each modality's encoder reads.
 INPUT_KEYS = {"image": ("image",), "text": ("text",), "audio": ("audio", "audio_length")}
@@ -83,60 +85,33 @@ class MultimodalClassifier(nn.Module):
         return (logits, extras) if aux else logits
 
 
-def _choose(table: Mapping[str, Any], kind: str, key: str) -> Any:
-    """table[kind], or a ValueError naming the config key and the valid kinds."""
-    if kind not in table:
-        raise ValueError(f"{key}={kind!r} is not one of {sorted(table)}")
-    return table[kind]
-
-
-def contrastive_head(config: Any, modalities: tuple[str, ...]) -> ContrastiveHead | None:
+def contrastive_head(config: Any) -> ContrastiveHead | None:
     """The ContrastiveHead config.loss asks for (None for loss.contrastive='none')."""
-    loss = config.get("loss")
-    kind = "none" if loss is None else str(loss.get("contrastive", "none"))
-    if kind == "none":
+    loss = config.loss
+    if loss.contrastive == "none":
         return None
-    if kind not in CONTRASTIVE_INIT:
-        raise ValueError(f"config.loss.contrastive={kind!r} is not one of {['none', *CONTRASTIVE_INIT]}")
-    pair = tuple(loss.contrastive_pair)
-    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(modalities):
-        raise ValueError(
-            f"config.loss.contrastive_pair={pair} must name two different modalities of "
-            f"config.modalities={modalities}"
-        )
-    dim = int(loss.contrastive_dim)
-    if dim <= 0:
-        raise ValueError(f"config.loss.contrastive_dim={dim} must be positive")
-    return ContrastiveHead(modalities=pair, dim=dim, kind=kind)
+    return ContrastiveHead(modalities=tuple(loss.contrastive_pair), dim=int(loss.contrastive_dim),
+                           kind=str(loss.contrastive))
 
 
 def build_model(config: Any, num_classes: int) -> MultimodalClassifier:
     """The model for config.modalities, config.model.<modality>, config.fusion, the head
     (config.model.head_norm) and config.loss.contrastive; num_classes is the number of
-    head outputs (classes, labels or regression targets)."""
-    modalities = tuple(config.modalities)
-    unknown = sorted(set(modalities) - set(MODALITIES))
-    if not modalities or unknown:
-        raise ValueError(
-            f"config.modalities={modalities} must be a non-empty subset of {list(MODALITIES)}"
-        )
+    head outputs (classes, labels or regression targets).
+
+    The config's values are trusted (mmjax.config.validate checked them), except that the
+    keys naming modalities are checked again here: the data may have narrowed
+    config.modalities since validation.
+    """
+    check_modalities_fit(config)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes={num_classes} must be at least 1")
-    rate = float(config.get("modality_dropout", 0.0))
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"config.modality_dropout={rate} must be in [0, 1)")
-    encoders = {}
-    for name in MODALITIES:
-        if name in modalities:
-            kind = config.model[name].kind
-            cls = _choose(ENCODERS[name], kind, f"config.model.{name}.kind")
-            encoders[name] = cls.from_config(config)
-    fusion_cls = _choose(FUSIONS, config.fusion.kind, "config.fusion.kind")
+    encoders = {m: ENCODERS[m][config.model[m].kind].from_config(config) for m in config.modalities}
     return MultimodalClassifier(
-        fusion=fusion_cls.from_config(config),
-        head=ClassificationHead(int(num_classes), norm=bool(config.model.get("head_norm", True))),
-        contrastive=contrastive_head(config, modalities),
-        modality_dropout=rate,
+        fusion=FUSIONS[config.fusion.kind].from_config(config),
+        head=ClassificationHead(int(num_classes), norm=bool(config.model.head_norm)),
+        contrastive=contrastive_head(config),
+        modality_dropout=float(config.modality_dropout),
         **encoders,
     )
 

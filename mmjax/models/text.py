@@ -17,7 +17,6 @@ from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
 
 PAD_ID = 0  # the contract's padding token
-LOOKUPS = ("one_hot", "gather")  # how token ids become vectors (layers.TokenEmbedding)
 
 
 class TextTransformer(nn.Module):
@@ -33,13 +32,8 @@ class TextTransformer(nn.Module):
         """Builds the encoder from config.model.text, config.model and config.data."""
         sub = config.model.text
         vocab, length = _check_vocab(config), int(config.data.text_length)
-        if length <= 0:
-            raise ValueError(f"config.data.text_length={length} must be positive")
         spec = TransformerSpec.from_config(sub, config.model, "config.model.text")
-        lookup = str(sub.get("lookup", "one_hot"))
-        if lookup not in LOOKUPS:
-            raise ValueError(f"config.model.text.lookup={lookup!r} is not one of {list(LOOKUPS)}")
-        return cls(spec=spec, vocab_size=vocab, max_length=length, lookup=lookup)
+        return cls(spec=spec, vocab_size=vocab, max_length=length, lookup=str(sub.lookup))
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
@@ -123,14 +117,10 @@ class TextLSTM(nn.Module):
     def from_config(cls, config: Any) -> "TextLSTM":
         """Builds the encoder from config.model.text (width, vocab_size, return_sequences)."""
         sub = config.model.text
-        width = int(sub.width)
-        if width <= 0:
-            raise ValueError(f"config.model.text.width={width} must be positive")
-        layers.compute_dtype(str(config.model.dtype))
         return cls(
-            width=width,
+            width=int(sub.width),
             vocab_size=_check_vocab(config),
-            return_sequences=bool(sub.get("return_sequences", False)),
+            return_sequences=bool(sub.return_sequences),
             dtype=str(config.model.dtype),
         )
 

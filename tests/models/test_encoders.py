@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmjax import config as config_lib
 from mmjax import contract
 from mmjax.models import audio as audio_lib
 from mmjax.models.audio import AudioTransformer
@@ -16,9 +17,10 @@ B = 2
 
 
 def tiny_config(dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The contract's keys at test size."""
+    """The default config at test size."""
     block = dict(width=16, depth=1, heads=2, mlp=32)
-    return ml_collections.ConfigDict(
+    config = config_lib.defaults()
+    config.update(
         dict(
             modalities=("image", "text", "audio"),
             seed=0,
@@ -38,6 +40,7 @@ def tiny_config(dtype: str = "float32") -> ml_collections.ConfigDict:
             fusion=dict(kind="joint", **block),
         )
     )
+    return config
 
 
 def pooled(tokens, mask):
@@ -264,7 +267,4 @@ def test_cnn_config_errors():
         ImageCNN.from_config(config)
     config.model.audio.channels = (4, 4, 4)
     with pytest.raises(ValueError, match=r"too small for config.model.audio.channels=\(4, 4, 4\)"):
-        AudioCNN.from_config(config)
-    config.model.audio.channels = ()
-    with pytest.raises(ValueError, match=r"config.model.audio.channels=\(\) must be a non-empty tuple"):
         AudioCNN.from_config(config)

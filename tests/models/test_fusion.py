@@ -5,11 +5,11 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
+from mmjax import config as config_lib
 from mmjax import sharding
 from mmjax.models import fusion as fusion_lib
 
@@ -23,11 +23,9 @@ def fusion_config(kind, **fusion):
     values = dict(kind=kind, width=WIDTH, depth=2, heads=2, mlp=32, pool="mean",
                   fusion_layer=1, num_bottlenecks=2, num_latents=4)
     values.update(fusion)
-    return ml_collections.ConfigDict(dict(
-        modalities=("image", "text", "audio"),
-        model=dict(dtype="float32", remat="none", scan=False, dropout=0.0),
-        fusion=values,
-    ))
+    config = config_lib.defaults()
+    config.update(dict(model=dict(dtype="float32", remat="none", scan=False, dropout=0.0), fusion=values))
+    return config
 
 
 def make_core(kind, **fusion):
@@ -154,9 +152,6 @@ def test_concat_flatten_and_plain_concatenation():
     "kind, key, value, message",
     [
         ("bottleneck", "fusion_layer", 3, r"config.fusion.fusion_layer=3 must be in \[0, config.fusion.depth=2\]"),
-        ("bottleneck", "num_bottlenecks", 0, r"config.fusion.num_bottlenecks=0"),
-        ("cross", "num_latents", 0, r"config.fusion.num_latents=0"),
-        ("concat", "pool", "max", r"config.fusion.pool='max' is not one of"),
     ],
 )
 def test_config_errors_name_the_key(kind, key, value, message):

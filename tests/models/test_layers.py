@@ -123,19 +123,17 @@ def test_position_embedding_prefix_and_too_long():
 
 
 def test_spec_validation_messages():
+    """How the keys fit together is checked here; each key alone by the config schema."""
     class Sub:
-        width, depth, heads, mlp = 10, 1, 4, 8
+        width, depth, heads, mlp, final_norm = 10, 1, 4, 8, True
 
     class Model:
-        dropout, dtype, remat, scan = 0.0, "float32", "none", False
+        dropout, dtype, remat, scan, attention, unroll = 0.0, "float32", "none", False, "auto", "auto"
 
     with pytest.raises(ValueError, match=r"config.model.text.width=10 must be divisible"):
         TransformerSpec.from_config(Sub, Model, "config.model.text")
-    Sub.width, Model.remat = 8, "some"
-    with pytest.raises(ValueError, match=r"config.model.remat='some' is not one of"):
-        TransformerSpec.from_config(Sub, Model, "config.model.text")
-    with pytest.raises(ValueError, match=r"config.model.dtype='float16'"):
-        layers.compute_dtype("float16")
+    Sub.width = 8
+    assert TransformerSpec.from_config(Sub, Model, "config.model.text").attention == "einsum"  # CPU
 
 
 def test_einsum_attention_matches_dot_product_attention():
@@ -162,10 +160,6 @@ def test_attention_and_unroll_choices_resolve_by_platform():
     assert layers.attention_kind("auto") == "einsum"  # the tests run on CPU
     assert layers.attention_kind("dpa") == "dpa"
     assert layers.resolve_unroll("auto") is True and layers.resolve_unroll("no") is False
-    with pytest.raises(ValueError, match="config.model.attention='flash'"):
-        layers.attention_kind("flash")
-    with pytest.raises(ValueError, match="config.model.unroll='maybe'"):
-        layers.resolve_unroll("maybe")
 
 
 def test_auto_settings_pick_bfloat16_fused_attention_and_loops_on_accelerators(monkeypatch):
@@ -174,8 +168,6 @@ def test_auto_settings_pick_bfloat16_fused_attention_and_loops_on_accelerators(m
     assert layers.compute_dtype("auto") == jnp.bfloat16
     assert layers.attention_kind("auto") == "dpa" and layers.resolve_unroll("auto") is False
     assert layers.compute_dtype("float32") == jnp.float32
-    with pytest.raises(ValueError, match="config.model.dtype='float16'"):
-        layers.compute_dtype("float16")
 
 
 def test_unrolled_scan_has_the_same_params_and_outputs():

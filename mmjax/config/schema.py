@@ -1,0 +1,398 @@
+"""Every config key: its default, allowed values, check and a one-line doc.
+
+`SCHEMA` mirrors configs/base.py key for key (base.py returns `defaults()`). `validate`
+is derived from it: a key's type is its default's type, `choices` lists the allowed
+values (every element's, for a tuple), `check(value)` returns what is wrong or None, and
+the cross-key checks at the end relate keys to each other. Errors are one
+`UserError("config.<key>: ...")` naming the first bad key.
+
+`config.evals` is the one group whose entry names are the user's: each entry is an
+evaluator whose keys depend on its `kind` (EVAL_KINDS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from mmjax.contract import CONTRASTIVE, DTYPES, MODALITIES, OPTIMIZERS, REMAT_POLICIES, TASKS
+
+
+class UserError(Exception):
+    """An error the user caused and can fix; printed as one line, no traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key. check(value) returns a message saying what is wrong, or None."""
+
+    default: Any
+    doc: str
+    choices: tuple = ()
+    check: Callable[[Any], str | None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A section of the config (a nested ConfigDict)."""
+
+    doc: str
+    keys: Mapping[str, Any]  # name -> Key or Group
+
+
+# ---------------------------------------------------------------- checks
+def positive(value) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def positive_int(value) -> str | None:
+    return None if value > 0 else f"must be a positive integer, got {value!r}"
+
+
+def at_least_zero(value) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def fraction(value) -> str | None:
+    return None if 0.0 <= value < 1.0 else f"must be in [0, 1), got {value!r}"
+
+
+def mesh_axis(value) -> str | None:
+    return None if value == -1 or value >= 1 else f"must be -1 (fill) or >= 1, got {value!r}"
+
+
+def positive_ints(value) -> str | None:
+    if not value or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
+        return f"must be a non-empty tuple of positive ints, got {tuple(value)!r}"
+    return None
+
+
+def distinct_modalities(value) -> str | None:
+    if not value:
+        return "needs at least one of " + ", ".join(MODALITIES)
+    if len(set(value)) != len(value):
+        return f"{tuple(value)} lists a modality twice"
+    return None
+
+
+def one_of(choices: tuple) -> Callable[[Any], str | None]:
+    return lambda value: None if value in choices else f"{value!r} is not one of {', '.join(choices)}"
+
+
+# The model tables (mmjax/models) hold the classes behind these names; a test keeps them equal.
+IMAGE_KINDS = ("vit", "cnn")
+TEXT_KINDS = ("transformer", "lstm")
+AUDIO_KINDS = ("transformer", "cnn")
+FUSION_KINDS = ("joint", "concat", "bottleneck", "cross")
+CONCAT_POOLS = ("mean", "flatten")
+TEXT_LOOKUPS = ("one_hot", "gather")
+ATTENTION_KINDS = ("auto", "dpa", "einsum")
+UNROLL_CHOICES = ("auto", "yes", "no")
+SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression")
+
+
+def _encoder(width: str) -> dict[str, Key]:
+    """The transformer and conv-stage keys every encoder section shares."""
+    return dict(
+        width=Key(64, f"transformer width of the {width}", check=positive_int),
+        depth=Key(2, "transformer layers", check=positive_int),
+        heads=Key(4, "attention heads (divide width)", check=positive_int),
+        mlp=Key(128, "hidden units of each MLP block", check=positive_int),
+        final_norm=Key(True, "LayerNorm after the stack"),
+    )
+
+
+_CNN = dict(
+    channels=Key((32,), "cnn: one Conv(channels[i], kernel, relu) + MaxPool(pool) stage per entry",
+                 check=positive_ints),
+    kernel=Key(3, "cnn: convolution kernel size", check=positive_int),
+    pool=Key(2, "cnn: max-pool size", check=positive_int),
+)
+
+# ---------------------------------------------------------------- evaluators
+# Keys every evaluator has, then each kind's own. data '' is config.data.eval; every 0 is
+# config.eval_every; prefix '' is 'eval/<name>/'.
+EVAL_KEYS = dict(
+    kind=Key("task", "'task': the objective's metrics; 'without_modality': the task metrics with "
+                     "modalities absent", choices=("task", "without_modality")),
+    data=Key("", "eval data: '' (config.data.eval), 'synthetic', a built directory or 'tfds:NAME'"),
+    every=Key(0, "run every this many steps (0: config.eval_every) and at the end", check=at_least_zero),
+    prefix=Key("", "metric-name prefix ('': 'eval/<name>/')"),
+)
+EVAL_KINDS: dict[str, dict[str, Key]] = {
+    "task": {},  # the objective's metrics (loss, accuracy, ...)
+    "without_modality": dict(  # the task metrics with these modalities absent for every example
+        modalities=Key(("audio",), "modalities masked out for every example", choices=MODALITIES),
+    ),
+}
+DEFAULT_EVALS = {"eval": dict(kind="task", prefix="eval/")}
+
+
+def evaluator(kind: str = "task", **values) -> ml_collections.ConfigDict:
+    """An evaluator entry of `kind` with its defaults, updated by `values`."""
+    if kind not in EVAL_KINDS:
+        raise UserError(f"config.evals: kind {kind!r} is not one of {', '.join(EVAL_KINDS)}")
+    entry = {name: key.default for name, key in {**EVAL_KEYS, **EVAL_KINDS[kind]}.items()}
+    entry.update(values, kind=kind)
+    return ml_collections.ConfigDict(entry)
+
+
+# ---------------------------------------------------------------- the schema
+SCHEMA = Group("the run", dict(
+    modalities=Key(("image", "text", "audio"), "modalities the model uses (the data may offer fewer)",
+                   choices=MODALITIES, check=distinct_modalities),
+    seed=Key(0, "seed of parameter init, dropout and data order"),
+    total_steps=Key(1500, "optimizer steps of the run", check=positive_int),
+    batch_size=Key(64, "global batch size, over all hosts and devices", check=positive_int),
+    log_every=Key(50, "steps between progress lines / metric rows", check=positive_int),
+    eval_every=Key(500, "steps between evaluations (and at the end)", check=positive_int),
+    checkpoint_every=Key(500, "steps between checkpoints (and at the end)", check=positive_int),
+    keep_checkpoints=Key(3, "checkpoints kept in WORKDIR/checkpoints", check=positive_int),
+    checkpoint_every_seconds=Key(0.0, "also save when this much time passed since the last save (0: off)",
+                                 check=at_least_zero),
+    max_bad_steps=Key(10, "stop after this many consecutive steps with a non-finite loss/gradient",
+                      check=positive_int),
+    mesh=Group("device mesh: size per axis, -1 takes the remaining devices; the batch is split over "
+               "data x fsdp, parameters over fsdp, attention heads and MLP over tensor", dict(
+        data=Key(-1, "data-parallel axis", check=mesh_axis),
+        fsdp=Key(1, "fully sharded data-parallel axis (parameters sharded too)", check=mesh_axis),
+        tensor=Key(1, "tensor-parallel axis (heads, MLP)", check=mesh_axis),
+    )),
+    optim=Group("optimizer", dict(
+        kind=Key("adamw", "'adamw': warmup + cosine decay, weight decay, clipping; 'adam': plain Adam at "
+                          "a constant lr (warmup_steps, weight_decay, grad_clip do not apply)", choices=OPTIMIZERS),
+        lr=Key(1e-3, "peak learning rate", check=positive),
+        warmup_steps=Key(100, "adamw: linear warmup steps, in [0, total_steps)", check=at_least_zero),
+        weight_decay=Key(1e-4, "adamw: decoupled weight decay on >= 2-D parameters", check=at_least_zero),
+        grad_clip=Key(1.0, "adamw: global-norm clipping threshold", check=positive),
+        b1=Key(0.9, "Adam beta1", check=fraction),
+        b2=Key(0.999, "Adam beta2", check=fraction),
+        eps=Key(1e-8, "Adam epsilon", check=positive),
+    )),
+    data=Group("input data", dict(
+        train=Key("synthetic", "'synthetic', a directory made by python -m mmjax.data.build, or 'tfds:NAME'"),
+        eval=Key("synthetic", "like data.train; the default evaluator's data"),
+        cache_dir=Key("", "where the synthetic data is written ('': $MMJAX_CACHE or ~/.cache/mmjax)"),
+        workers=Key(0, "grain worker processes (0: decode in the training process)", check=at_least_zero),
+        prefetch=Key(2, "batches prepared and placed on the devices ahead of the step (0: none)",
+                     check=at_least_zero),
+        image_size=Key(16, "image height and width in pixels", check=positive_int),
+        audio_rate=Key(8000, "audio sample rate in Hz", check=positive_int),
+        audio_samples=Key(2048, "audio samples per example (padded or cut)", check=positive_int),
+        text_length=Key(32, "text tokens per example (padded or cut)", check=positive_int),
+        tokenizer=Key("bytes", "'bytes' (UTF-8 bytes, no files) or a SentencePiece .model file"),
+        tfds=Group("TFDS sources ('tfds:NAME', ArrayRecord format)", dict(
+            data_dir=Key("", "TFDS data directory ('': TFDS's default)"),
+            train_split=Key("train", "split read for data.train"),
+            eval_split=Key("test", "split read for data.eval"),
+            features=Key("", "mmjax name -> the data set's feature, e.g. 'image=img,label=digit'"),
+            audio_rate=Key(0, "sample rate of a Tensor audio feature (0: already data.audio_rate)",
+                           check=at_least_zero),
+        )),
+        # The ranges are checked where they are used (mmjax/data/augment.py).
+        augment=Group("train-time augmentation (never in eval), all off by default; see mmjax/data/augment.py",
+                      dict(
+            image_crop=Key(0.0, "> 0: random resized crop keeping at least this fraction of the area"),
+            image_flip=Key(False, "horizontal flip with probability 1/2"),
+            audio_gain_db=Key(0.0, "random gain, uniform in +- this many dB"),
+            audio_shift=Key(0.0, "random time shift of up to this many seconds"),
+            audio_time_mask=Key(0.0, "SpecAugment time mask: up to this fraction of the clip"),
+            audio_freq_mask=Key(0.0, "SpecAugment frequency mask: up to this fraction of the mel scale"),
+            text_dropout=Key(0.0, "each token replaced by the reserved id with this probability"),
+        )),
+        synthetic=Group("the embedded synthetic task (mmjax/data/synthetic.py)", dict(
+            num_train=Key(20000, "training examples", check=positive_int),
+            num_eval=Key(2000, "eval examples", check=positive_int),
+            seed=Key(0, "seed of the generated examples"),
+            task=Key("default", "'default' (needs all three modalities), 'redundant' (each alone decides), "
+                                "'multilabel' or 'regression' (use the matching loss.task)", choices=SYNTHETIC_TASKS),
+        )),
+    )),
+    model=Group("the model", dict(
+        dtype=Key("auto", "compute dtype ('auto': bfloat16 on TPU/GPU, float32 on CPU); parameters stay float32",
+                  choices=DTYPES),
+        remat=Key("none", "per-block rematerialisation: none | full | dots (keep matmul outputs)",
+                  choices=REMAT_POLICIES),
+        scan=Key(True, "layer stacks as one nn.scan (parameters stacked on a 'layers' axis)"),
+        unroll=Key("auto", "scanned stacks unrolled ('auto': yes on CPU, where it is faster)",
+                   choices=UNROLL_CHOICES),
+        attention=Key("auto", "'dpa' (fused on GPU/TPU), 'einsum' (faster on CPU), 'auto' (by platform)",
+                      choices=ATTENTION_KINDS),
+        dropout=Key(0.0, "dropout rate in every block", check=fraction),
+        head_norm=Key(True, "LayerNorm before the head's Dense"),
+        image=Group("image encoder", dict(
+            kind=Key("vit", "'vit' (patches -> transformer) or 'cnn' (conv stages)", choices=IMAGE_KINDS),
+            patch=Key(4, "vit: patch size (divides data.image_size)", check=positive_int),
+            **_encoder("image encoder"), **_CNN,
+        )),
+        text=Group("text encoder", dict(
+            kind=Key("transformer", "'transformer' or 'lstm'", choices=TEXT_KINDS),
+            vocab_size=Key(384, "token embedding rows (>= the tokenizer's ids; bytes need 258)", check=positive_int),
+            return_sequences=Key(False, "lstm: every state as a token (else the final state only)"),
+            **_encoder("text encoder"),
+            lookup=Key("one_hot", "token ids -> vectors: 'one_hot' (matmul, splits over tensor) or 'gather'",
+                       choices=TEXT_LOOKUPS),
+        )),
+        audio=Group("audio encoder: waveform -> log-mel on device -> transformer over patches or cnn", dict(
+            kind=Key("transformer", "'transformer' or 'cnn'", choices=AUDIO_KINDS),
+            n_mels=Key(32, "mel bins", check=positive_int),
+            window=Key(256, "STFT window in samples", check=positive_int),
+            hop=Key(128, "STFT hop in samples", check=positive_int),
+            patch_time=Key(2, "transformer: frames per patch", check=positive_int),
+            patch_freq=Key(8, "transformer: mel bins per patch (divides n_mels)", check=positive_int),
+            **_encoder("audio encoder"), **_CNN,
+        )),
+    )),
+    fusion=Group("fusion core", dict(
+        kind=Key("joint", "'joint' (early), 'concat' (late), 'bottleneck' (MBT) or 'cross' (Perceiver)",
+                 choices=FUSION_KINDS),
+        **{**_encoder("fusion core"), "depth": Key(2, "transformer layers (concat: Dense layers)",
+                                                    check=at_least_zero)},
+        pool=Key("mean", "concat: 'mean' or 'flatten' each modality's tokens", choices=CONCAT_POOLS),
+        fusion_layer=Key(0, "bottleneck: layer from which the modalities share bottleneck tokens",
+                         check=at_least_zero),
+        num_bottlenecks=Key(4, "bottleneck: shared bottleneck tokens", check=positive_int),
+        num_latents=Key(8, "cross: latent tokens", check=positive_int),
+        modality_embed=Key(True, "joint: add a learned per-modality embedding to its tokens"),
+    )),
+    modality_dropout=Key(0.0, "drop whole modalities per training example with this probability (never all)",
+                         check=fraction),
+    eval_without=Key((), "shorthand: also report eval/<metric>_without_<m> for each modality m",
+                     choices=MODALITIES),
+    evals=Group("named evaluators (the names are yours; --config.evals.NAME.kind=KIND adds one)",
+                {}),  # entries are the user's: see EVAL_KEYS, EVAL_KINDS and DEFAULT_EVALS
+    init_from=Key("", "an export folder whose parameters replace the fresh ones at step 0 (never on resume)"),
+    init_from_prefix=Key("", "load only this parameter sub-tree of init_from, e.g. 'image' ('': all)"),
+    frozen=Key((), "parameter-path prefixes, e.g. ('image',), that never change and get no optimizer state"),
+    loss=Group("objective", dict(
+        task=Key("classification", "task loss; the data must be labelled for it ('none': contrastive only)",
+                 choices=TASKS),
+        contrastive=Key("none", "contrastive loss between the pooled embeddings of contrastive_pair: "
+                                "'sigmoid' (SigLIP) or 'softmax' (CLIP)", choices=CONTRASTIVE),
+        contrastive_pair=Key(("image", "audio"), "the two modalities of the contrastive loss",
+                             choices=MODALITIES),
+        contrastive_weight=Key(1.0, "weight of the contrastive loss", check=positive),
+        contrastive_dim=Key(64, "contrastive embedding size", check=positive_int),
+    )),
+    peak_tflops=Key(0.0, "per-device peak TFLOP/s for train/mfu (0: looked up in mmjax/hardware.py)",
+                    check=at_least_zero),
+))
+
+
+# ---------------------------------------------------------------- defaults
+def _defaults(group: Group) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict()
+    for name, item in group.keys.items():
+        out[name] = _defaults(item) if isinstance(item, Group) else item.default
+    return out
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The default run (configs/base.py): every key at its default; not locked."""
+    config = _defaults(SCHEMA)
+    config.evals = ml_collections.ConfigDict({name: evaluator(**values) for name, values in DEFAULT_EVALS.items()})
+    return config
+
+
+def complete_evals(config) -> None:
+    """Fills each config.evals entry's missing keys with its kind's defaults."""
+    for name, entry in list(config.evals.items()):
+        values = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else dict(entry)
+        config.evals[name] = evaluator(**values) if values.get("kind", "task") in EVAL_KINDS else entry
+
+
+# ---------------------------------------------------------------- validation
+def _fail(key: str, message: str):
+    raise UserError(f"config.{key}: {message}")
+
+
+def _type_ok(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, type(default))
+
+
+def check_key(dotted: str, key: Key, value) -> None:
+    """Raises UserError unless `value` is valid for `key` (named `dotted`)."""
+    if not _type_ok(value, key.default):
+        _fail(dotted, f"must be {type(key.default).__name__}, got {value!r}")
+    if key.choices:
+        for v in value if isinstance(key.default, tuple) else (value,):
+            if v not in key.choices:
+                _fail(dotted, f"{v!r} is not one of {', '.join(key.choices)}")
+    message = key.check(value) if key.check else None
+    if message:
+        _fail(dotted, message)
+
+
+def _check_group(config, group: Group, prefix: str) -> None:
+    if not isinstance(config, ml_collections.ConfigDict):
+        _fail(prefix.rstrip(".") or "config", f"must be a group of keys, got {config!r}")
+    unknown = sorted(set(config.keys()) - set(group.keys))
+    if unknown:
+        _fail(f"{prefix}{unknown[0]}", f"unknown key; valid keys: {', '.join(sorted(group.keys))}")
+    for name, item in group.keys.items():
+        if name not in config:
+            _fail(f"{prefix}{name}", "missing (start the config from configs/base.py or mmjax.config.defaults())")
+        if name == "evals" and not prefix:
+            _check_evals(config.evals)
+        elif isinstance(item, Group):
+            _check_group(config[name], item, f"{prefix}{name}.")
+        else:
+            check_key(f"{prefix}{name}", item, config[name])
+
+
+def _check_evals(evals) -> None:
+    for name, entry in evals.items():
+        if not isinstance(entry, ml_collections.ConfigDict) or "kind" not in entry:
+            _fail(f"evals.{name}", "must be an evaluator entry with a kind, e.g. mmjax.config.evaluator('task')")
+        check_key(f"evals.{name}.kind", EVAL_KEYS["kind"], entry.kind)
+        _check_group(entry, Group("", {**EVAL_KEYS, **EVAL_KINDS[entry.kind]}), f"evals.{name}.")
+
+
+def check_modalities_fit(config) -> None:
+    """The keys that name modalities must name configured ones. Also called after the data
+    narrowed config.modalities (mmjax/models/multimodal.py), hence its own function."""
+    mods = tuple(config.modalities)
+    loss = config.loss
+    if loss.contrastive != "none":
+        pair = tuple(loss.contrastive_pair)
+        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(mods):
+            _fail("loss.contrastive_pair", f"{pair} must name two different modalities of config.modalities {mods}")
+    for key, names in [("eval_without", config.eval_without)] + [
+            (f"evals.{n}.modalities", e.modalities) for n, e in config.evals.items() if e.kind == "without_modality"]:
+        unknown = sorted(set(names) - set(mods))
+        if unknown:
+            _fail(key, f"{tuple(names)} names {unknown}, which are not in config.modalities {mods}")
+
+
+def _check_across_keys(config) -> None:
+    """Checks that relate keys to each other."""
+    if list(config.mesh.values()).count(-1) > 1:
+        _fail("mesh", "at most one axis may be -1")
+    if not config.optim.warmup_steps < config.total_steps:
+        _fail("optim.warmup_steps", f"must be in [0, total_steps={config.total_steps}), got {config.optim.warmup_steps}")
+    for key in ("train", "eval"):
+        if not config.data[key]:
+            _fail(f"data.{key}", "is empty; use 'synthetic' or a data directory")
+    if config.loss.task == "none":
+        if config.loss.contrastive == "none":
+            _fail("loss.task", "'none' with config.loss.contrastive 'none' leaves nothing to train")
+        if config.eval_without or any(e.kind == "without_modality" for e in config.evals.values()):
+            _fail("eval_without", "needs a task loss (config.loss.task is 'none')")
+    check_modalities_fit(config)
+
+
+def validate(config) -> None:
+    """Checks every key against the schema; raises UserError naming the first bad key."""
+    _check_group(config, SCHEMA, "")
+    _check_across_keys(config)
