@@ -23,6 +23,9 @@ import numpy as np
 # trained on a subset keeps compatible parameter shapes.
 MODALITIES = ("image", "text", "audio")
 
+# Text batches are padded with this id after the last token (tokenizers' ids start above it).
+PAD_ID = 0
+
 # Batch keys besides the modalities themselves.
 AUDIO_LENGTH = "audio_length"
 LABEL = "label"

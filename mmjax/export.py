@@ -2,7 +2,7 @@
 
     python -m mmjax.export --workdir=W [--step=N] --out=E [--dtype=float32|bfloat16] [--overwrite]
 
-E/ holds everything `python -m mmjax.predict` (jax + numpy only) needs:
+E/ holds everything `python -m mmjax.predict` (no training stack) needs:
   export.json            format, modalities, class names, input shapes, preprocessing spec
                          (image size and normalisation, audio rate/length and spectrogram
                          settings, tokenizer), the run's config, step and versions

@@ -7,7 +7,7 @@ import pytest
 from test_train import setup
 
 from mmjax import faults, sharding, train
-from mmjax.data import codec, pipeline, sources
+from mmjax.data import codec, pipeline, sources, writer
 
 
 def poisoned_copy(config, directory, bad_batches):
@@ -21,7 +21,7 @@ def poisoned_copy(config, directory, bad_batches):
         if i in bad:
             example = {**example, "audio": np.full_like(example["audio"], np.nan)}
         records.append(codec.encode(example))
-    sources.write_dataset(str(directory), records, source.spec)
+    writer.write_dataset(str(directory), records, source.spec)
     return str(directory)
 
 

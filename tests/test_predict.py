@@ -1,8 +1,8 @@
-"""mmjax/predict.py: raw decoding equal to the data build's, parity of the exported predictor
-with the training-time model, bad inputs, and a run where only jax and numpy may be imported."""
+"""mmjax/predict.py: raw files prepared as the data build and the pipeline prepare them, parity
+of the exported predictor with the training-time model, bad inputs, and a run in which the
+training stack cannot be imported."""
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -14,8 +14,9 @@ from PIL import Image
 from scipy.io import wavfile
 
 from export_run import exported_run
-from mmjax import export, predict
-from mmjax.data import decode, pipeline, preprocess, sources
+from conftest import ROOT
+from mmjax import export, media, predict
+from mmjax.data import build, pipeline, preprocess, sources
 from mmjax.models.multimodal import build_model
 
 
@@ -24,26 +25,7 @@ def run(tmp_path_factory):
     return exported_run(tmp_path_factory)
 
 
-# ---------------------------------------------------------------- raw decoding = the data build's
-@pytest.mark.parametrize("h, w", [(16, 16), (17, 23), (100, 37), (5, 9), (64, 200), (333, 500)])
-@pytest.mark.parametrize("size", [7, 16, 24])
-def test_resize_equals_the_build_bitwise(h, w, size):
-    image = np.random.default_rng(h * w + size).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(predict.fit_image(image, size), decode.resize_image(image, size))
-
-
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "1", "I;16"])
-def test_png_decoding_equals_pillow(tmp_path, mode):
-    rng = np.random.default_rng(0)
-    if mode == "I;16":
-        picture = Image.fromarray(rng.integers(0, 65535, (13, 21), dtype=np.uint16))
-    else:
-        picture = Image.fromarray(rng.integers(0, 256, (13, 21, 3), dtype=np.uint8)).convert(mode)
-    path = str(tmp_path / "a.png")
-    picture.save(path)
-    np.testing.assert_array_equal(predict.load_image(path, 9), decode.load_image(path, 9))
-
-
+# ---------------------------------------------------------------- raw files = the data build's
 def _wav_24bit(path, rate, samples: np.ndarray) -> None:
     """A PCM 24-bit stereo WAV written by hand (scipy cannot write 24-bit)."""
     data = b"".join(int(s).to_bytes(3, "little", signed=True) for s in samples.reshape(-1))
@@ -53,23 +35,56 @@ def _wav_24bit(path, rate, samples: np.ndarray) -> None:
         f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "int16", "int32", "float32", "float64", "int24"])
-@pytest.mark.parametrize("rate", [8000, 11025, 44100])
-def test_wav_decoding_and_resampling_equal_the_build(tmp_path, dtype, rate):
-    rng = np.random.default_rng(1)
-    wave = rng.uniform(-1, 1, (rate // 5, 2))
-    path = str(tmp_path / "a.wav")
-    if dtype == "int24":
-        _wav_24bit(path, rate, (wave * (2**23 - 1)).astype(np.int32))
-    elif dtype == "uint8":
-        wavfile.write(path, rate, (wave * 127 + 128).astype(np.uint8))
-    elif dtype.startswith("int"):
-        wavfile.write(path, rate, (wave * np.iinfo(dtype).max).astype(dtype))
-    else:
-        wavfile.write(path, rate, wave.astype(dtype))
-    ours, build = predict.load_wav(path, 8000), decode.load_wav(path, 8000)
-    assert ours.dtype == build.dtype == np.float32 and ours.shape == build.shape
-    np.testing.assert_allclose(ours, build, rtol=0, atol=1e-7)
+def _raw_files(folder) -> list[dict]:
+    """Manifest rows over images of 7 Pillow modes and JPEG, odd sizes, WAVs of 6 sample
+    formats at 3 rates (stereo), and texts, some longer than the text length."""
+    rng = np.random.default_rng(0)
+    rows = []
+    images = ["RGB", "RGBA", "L", "LA", "P", "1", "I;16", "JPEG"]
+    wavs = [(dtype, rate) for dtype in ("uint8", "int16", "int32", "float32", "float64", "int24")
+            for rate in (8000, 11025, 44100)]
+    for i, (mode, (dtype, rate)) in enumerate(zip(images * 3, wavs)):
+        h, w = [(13, 21), (100, 37), (5, 9)][i % 3]
+        if mode == "I;16":
+            picture = Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16))
+        else:
+            picture = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            picture = picture if mode == "JPEG" else picture.convert(mode)
+        image = f"{i}.jpg" if mode == "JPEG" else f"{i}.png"
+        picture.save(folder / image)
+        wave = rng.uniform(-1, 1, (rate // 10 * (1 + i % 3), 2))
+        audio = folder / f"{i}.wav"
+        if dtype == "int24":
+            _wav_24bit(audio, rate, (wave * (2**23 - 1)).astype(np.int32))
+        elif dtype == "uint8":
+            wavfile.write(audio, rate, (wave * 127 + 128).astype(np.uint8))
+        elif dtype.startswith("int"):
+            wavfile.write(audio, rate, (wave * np.iinfo(dtype).max).astype(dtype))
+        else:
+            wavfile.write(audio, rate, wave.astype(dtype))
+        rows.append({"image": image, "audio": audio.name, "text": "héllo wörld " * (i % 4), "label": i % 2})
+    return rows
+
+
+def test_the_predictor_feeds_the_model_what_training_fed_it_for_the_same_raw_files(tmp_path):
+    """The same PNG/JPEG/WAV/text files through `mmjax.data.build` and the training pipeline's
+    preprocessing, and through the predictor: equal row for row, field for field."""
+    rows = _raw_files(tmp_path)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build.build(str(manifest), str(tmp_path / "ds"), image_size=9, audio_rate=8000, workers=1,
+                progress=False, log=lambda *a: None)
+    stored = sources.load_directory(str(tmp_path / "ds"))
+    kw = dict(image_size=9, audio_samples=1200, text_length=16)
+    training = preprocess.Preprocess(("image", "text", "audio"), num_classes=2, **kw)
+    predictor = predict.Preprocessor(audio_rate=8000, tokenizer=media.ByteTokenizer(), **kw)
+    for i, r in enumerate(rows):
+        want = training.map(stored.records[i])
+        got = predictor.row(image=str(tmp_path / r["image"]), audio=str(tmp_path / r["audio"]), text=r["text"])
+        assert set(got) == set(want) - {"label"}
+        for key, value in got.items():
+            assert value.dtype == want[key].dtype, key
+            np.testing.assert_array_equal(value, want[key], err_msg=f"row {i} {key}")
 
 
 def test_safetensors_round_trip_float32_and_bfloat16(tmp_path):
@@ -83,6 +98,23 @@ def test_safetensors_round_trip_float32_and_bfloat16(tmp_path):
         np.testing.assert_array_equal(loaded[name], value)
     header_size = struct.unpack("<Q", open(tmp_path / "p.safetensors", "rb").read(8))[0]
     assert header_size % 8 == 0
+
+
+def test_the_safetensors_package_reads_an_exported_params_file(run):
+    """mmjax writes safetensors itself; the reference library reads the file the same.
+    (safetensors.numpy has no bfloat16, so this is the float32 export.)"""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    path = os.path.join(run["export"], predict.PARAMS_FILE)
+    ours, metadata = predict.read_safetensors(path)
+    theirs = load_file(path)
+    assert set(theirs) == set(ours) and len(ours) > 10
+    for name, value in ours.items():
+        assert theirs[name].dtype == value.dtype == np.float32
+        np.testing.assert_array_equal(theirs[name], value)
+    with safe_open(path, framework="numpy") as f:
+        assert f.metadata() == metadata == {"format": predict.FORMAT, "step": metadata["step"]}
 
 
 # ---------------------------------------------------------------- parity with training
@@ -130,7 +162,7 @@ def test_absent_modalities_are_passed_as_absent(run):
     got = predictor.probabilities([predictor.example(image=os.path.join(folder, f"{i}.png"),
                                                      text=run["examples"][i]["text"]) for i in range(4)])
     batch = {"image": np.stack([run["examples"][i]["image"] for i in range(4)]),
-             "text": np.stack([preprocess.tokenize(run["examples"][i]["text"], config.data.text_length)
+             "text": np.stack([media.tokenize(run["examples"][i]["text"], config.data.text_length)
                                for i in range(4)]),
              "audio": np.zeros((4, config.data.audio_samples), np.float32),
              "audio_length": np.zeros(4, np.int32), "present_audio": np.zeros(4, bool)}
@@ -191,55 +223,43 @@ def test_single_inputs_print_the_top_k(run, capsys):
     assert "nope.png' does not exist" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- only jax and numpy
+# ---------------------------------------------------------------- without the training stack
+# What the predictor may not import: the training stack (mmjax's other modules pull these in).
+TRAINING_STACK = ("flax", "optax", "orbax", "grain", "ml_collections", "tensorflow_datasets",
+                  "msgpack", "array_record", "etils", "absl", "einops", "tensorboardX", "tqdm",
+                  "sentencepiece")
 _BLOCKED_RUNNER = """
-import importlib.abc, runpy, sys
-BLOCKED = {"mmjax", "flax", "orbax", "grain", "PIL", "msgpack", "optax", "ml_collections",
-           "tensorflow_datasets", "sentencepiece", "etils", "array_record"}
+import importlib.abc, json, runpy, sys
+BLOCKED = set(sys.argv[1].split(","))
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: the predictor may import only jax and numpy")
+            raise ImportError(f"{name} is blocked: the predictor runs without the training stack")
 sys.meta_path.insert(0, Block())
-sys.argv = ["predict.py"] + sys.argv[1:]
+sys.argv = ["mmjax.predict"] + sys.argv[2:]
 try:
-    runpy.run_path("predict.py", run_name="__main__")
+    runpy.run_module("mmjax.predict", run_name="__main__", alter_sys=True)
 finally:
-    print("MODULES", sorted({m.split(".")[0] for m in sys.modules}), file=sys.stderr)
+    print("MODULES", json.dumps(sorted(m for m in sys.modules if m.startswith("mmjax") or "." not in m)),
+          file=sys.stderr)
 """
 
 
-def test_predict_module_imports_only_jax_numpy_and_the_standard_library():
-    """scipy is one of jax's own dependencies (jax imports it), so the fresh-process test below
-    cannot block it; this checks that predict.py itself never imports it, nor anything else."""
-    import ast
-
-    allowed = set(sys.stdlib_module_names) | {"numpy", "jax", "ml_dtypes", "__future__"}
-    optional = {"PIL", "sentencepiece"}  # imported inside functions, only for non-PNG / SentencePiece
-    tree = ast.parse(open(predict.__file__).read())
-    top_level = {a.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for a in node.names}
-    top_level |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
-    everywhere = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    everywhere |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert top_level <= allowed - {"jax"}, top_level - allowed  # jax only when a model runs
-    assert everywhere <= allowed | optional, everywhere - allowed - optional
-
-
-def test_predictor_runs_alone_in_a_fresh_process_with_only_jax_and_numpy(run, tmp_path):
-    """predict.py copied on its own next to an export made in another process; every other
-    library of the training stack is blocked from being imported."""
-    shutil.copy(predict.__file__, tmp_path / "predict.py")
+def test_predictor_runs_in_a_fresh_process_without_the_training_stack(run, tmp_path):
+    """python -m mmjax.predict on an export made in another process, with flax, optax, orbax,
+    grain, ml_collections, TFDS, msgpack, ... blocked: jax, numpy, scipy, Pillow and
+    flatbuffers are all it needs. It imports only the mmjax modules that need none of them."""
     (tmp_path / "runner.py").write_text(_BLOCKED_RUNNER)
     out = tmp_path / "preds.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    result = subprocess.run([sys.executable, "runner.py", f"--export={run['export']}",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    result = subprocess.run([sys.executable, "runner.py", ",".join(TRAINING_STACK), f"--export={run['export']}",
                              f"--manifest={run['manifest']}", f"--out={out}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    modules = result.stderr.split("MODULES", 1)[1]
-    for name in ("mmjax", "flax", "orbax", "grain", "PIL", "msgpack"):
-        assert f"'{name}'" not in modules
+    modules = json.loads(result.stderr.split("MODULES", 1)[1])
+    assert not set(TRAINING_STACK) & set(modules)
+    assert {m for m in modules if m.startswith("mmjax")} == {  # mmjax.predict itself ran as __main__
+        "mmjax", "mmjax.contract", "mmjax.media", "mmjax.data", "mmjax.data.format", "mmjax.data.manifest"}
     in_process = tmp_path / "in_process.jsonl"
     predict.predict_manifest(predict.Predictor(run["export"]), run["manifest"], str(in_process),
                              log=lambda *a, **k: None)
@@ -247,3 +267,9 @@ def test_predictor_runs_alone_in_a_fresh_process_with_only_jax_and_numpy(run, tm
     same = [json.loads(line) for line in open(in_process)]
     assert [r["label"] for r in fresh] == [r["label"] for r in same]
     np.testing.assert_allclose([r["probability"] for r in fresh], [r["probability"] for r in same], atol=1e-6)
+
+
+def test_the_help_exits_0():
+    result = subprocess.run([sys.executable, "-m", "mmjax.predict", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: python -m mmjax.predict")

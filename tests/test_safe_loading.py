@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmjax import predict
 from mmjax.data import build, tfds_source
 
 MMJAX = pathlib.Path(__file__).resolve().parent.parent / "mmjax"
@@ -106,6 +107,9 @@ def test_a_manifest_path_to_code_is_refused_and_never_run(manifest_dir, payload)
     with pytest.raises(ValueError, match=r"line 2: cannot decode image .*not one of the formats read"):
         build.build(str(manifest), str(manifest_dir / "ds"), image_size=8, workers=1,
                     progress=False, log=lambda *_: None)
+    # The predictor reads images through the same restricted decoder.
+    with pytest.raises(ValueError, match=r"cannot decode image .*not one of the formats read"):
+        predict.Preprocessor(image_size=8).row(image=str(manifest_dir / "data" / payload))
     assert not (manifest_dir / "EXECUTED").exists()
 
 

@@ -29,8 +29,8 @@ import math
 
 import numpy as np
 
-from mmjax.contract import hz_to_mel, mel_to_hz
-from mmjax.data.tokenizer import PAD_ID, RESERVED_ID
+from mmjax.contract import PAD_ID, hz_to_mel, mel_to_hz
+from mmjax.media import RESERVED_ID
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,6 @@ import argparse
 import collections
 import concurrent.futures
 import glob
-import json
 import math
 import multiprocessing
 import os
@@ -31,10 +30,12 @@ import sys
 
 import numpy as np
 
-from mmjax.data import codec, decode
+from mmjax import media
+from mmjax.data import codec
+from mmjax.data.format import FORMAT, SHARD_PATTERN, SPEC_FILE
 from mmjax.data.manifest import Manifest, ManifestError, parse_classes, read_manifest
+from mmjax.data.writer import PART_PATTERN, ShardWriter, write_json_atomically, write_spec
 
-SPEC_FILE = "spec.json"
 REPORT_FILE = "skipped.jsonl"
 EXAMPLES_PER_SHARD = 5000
 _CHUNK = 32  # rows per worker task: large enough to amortise the IPC, small for a smooth bar
@@ -49,9 +50,9 @@ def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
     """Manifest fields -> (stored example, facts for the spec); ValueError if undecodable."""
     example, facts = {}, {}
     if "image" in fields:
-        example["image"] = decode.load_image(fields["image"], options["image_size"])
+        example["image"] = media.load_image(fields["image"], options["image_size"])
     if "audio" in fields:
-        wave = decode.load_wav(fields["audio"], options["audio_rate"])
+        wave = media.load_wav(fields["audio"], options["audio_rate"])
         cap = options["audio_samples"]
         facts["cut"] = bool(cap and len(wave) > cap)
         example["audio"] = wave[:cap] if facts["cut"] else wave
@@ -105,59 +106,13 @@ def _decoded(tasks: list, workers: int):
                 future.cancel()
 
 
-# ---------------------------------------------------------------- writing
-class _ShardWriter:
-    """Writes records into numbered hidden part files; `finish` renames them into shards."""
-
-    def __init__(self, directory: str, rows_per_part: int):
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        self._writer_cls = ArrayRecordWriter
-        self.directory = directory
-        self.rows_per_part = rows_per_part
-        self.parts: list[tuple[str, int]] = []  # (temporary path, record count)
-        self._writer = None
-
-    def write(self, position: int, record: bytes) -> None:
-        """`position` is the row's index in the manifest: it decides the part."""
-        part = position // self.rows_per_part
-        if self._writer is None or part != self._part:
-            self._close()
-            path = os.path.join(self.directory, f".part-{part:05d}.array_record.tmp")
-            # group_size:1 makes every record its own chunk, which random access needs.
-            self._writer, self._part = self._writer_cls(path, "group_size:1"), part
-            self.parts.append((path, 0))
-        self._writer.write(record)
-        path, count = self.parts[-1]
-        self.parts[-1] = (path, count + 1)
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def finish(self) -> int:
-        """Renames the parts to data-XXXXX-of-YYYYY.array_record; returns the shard count."""
-        self._close()
-        for i, (path, _) in enumerate(self.parts):
-            name = f"data-{i:05d}-of-{len(self.parts):05d}.array_record"  # as sources.shard_name
-            os.replace(path, os.path.join(self.directory, name))
-        return len(self.parts)
-
-    def abort(self) -> None:
-        self._close()
-        for path, _ in self.parts:
-            if os.path.exists(path):
-                os.remove(path)
-
-
+# ---------------------------------------------------------------- the output directory
 def _prepare_out(out: str, overwrite: bool) -> None:
     """Creates `out`, refusing to mix with a data set already there unless --overwrite."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise BuildError(f"--out={out} is a file; give a directory")
     os.makedirs(out, exist_ok=True)
-    ours = glob.glob(os.path.join(out, "data-*-of-*.array_record")) + glob.glob(
-        os.path.join(out, ".part-*.array_record.tmp"))
+    ours = glob.glob(os.path.join(out, SHARD_PATTERN)) + glob.glob(os.path.join(out, PART_PATTERN))
     spec = os.path.join(out, SPEC_FILE)
     if os.path.exists(spec):
         if not overwrite:
@@ -169,23 +124,8 @@ def _prepare_out(out: str, overwrite: bool) -> None:
         os.remove(path)
 
 
-def _write_json_atomically(path: str, obj, *, lines: bool = False) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        if lines:
-            for item in obj:
-                f.write(json.dumps(item, ensure_ascii=False) + "\n")
-        else:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-    os.replace(tmp, path)
-
-
 def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> dict:
-    # Imported here, not at the top: decoding workers import this module, and sources
-    # pulls in grain and JAX, which they do not need.
-    from mmjax.data import sources
-
+    """The built data set's spec.json (write_spec checks it)."""
     modalities = {}
     if "image" in manifest.modalities:
         size = options["image_size"]
@@ -196,7 +136,7 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
     if "text" in manifest.modalities:
         modalities["text"] = {"max_bytes": int(facts["max_text_bytes"])}
     spec = {
-        "format": sources.FORMAT,
+        "format": FORMAT,
         "num_examples": num_examples,
         "num_classes": len(manifest.class_names),
         "class_names": manifest.class_names,
@@ -211,7 +151,7 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
     if manifest.optional:
         spec["optional_modalities"] = list(manifest.optional)
         spec["build"]["examples_without"] = {m: int(facts[f"absent_{m}"]) for m in manifest.optional}
-    return sources.validate_spec(spec, where="the built spec")
+    return spec
 
 
 # ---------------------------------------------------------------- the build
@@ -247,7 +187,7 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
                "optional": manifest.optional}
 
     _prepare_out(out, overwrite)
-    writer = _ShardWriter(out, rows_per_part)
+    shards = ShardWriter(out)
     facts = collections.Counter(max_samples=0, max_text_bytes=0)
     tasks = [([(r.line, r.fields) for r in rows[i:i + _CHUNK]], options)
              for i in range(0, len(rows), _CHUNK)]
@@ -261,7 +201,7 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
                         raise BuildError(manifest.message(line, info))
                     bad.append((line, info))
                 else:
-                    writer.write(position, record)
+                    shards.write(record, position // rows_per_part)
                     written += 1
                     facts["cut"] += info.get("cut", False)
                     facts["max_samples"] = max(facts["max_samples"], info.get("samples", 0))
@@ -273,9 +213,9 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
         if not written:
             raise BuildError(f"{manifest.path}: no usable rows ({len(bad)} bad; first: "
                              f"{manifest.message(*sorted(bad)[0])})")
-        count = writer.finish()
+        count = shards.finish()
     except BaseException:
-        writer.abort()
+        shards.abort()
         raise
     finally:
         bar.close()
@@ -283,9 +223,9 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     facts["skipped"] = len(bad)
     report_path = report or os.path.join(out, REPORT_FILE)
     if bad:
-        _write_json_atomically(report_path, [{"line": n, "problem": p} for n, p in bad], lines=True)
+        write_json_atomically(report_path, [{"line": n, "problem": p} for n, p in bad], lines=True)
     spec = _spec(manifest, written, options, facts)
-    _write_json_atomically(os.path.join(out, SPEC_FILE), spec)  # last: now DIR is a data set
+    write_spec(out, spec)  # last: now DIR is a data set
 
     described = ", ".join(_describe(name, fields) for name, fields in spec["modalities"].items())
     labelled = [f"{spec['num_classes']} classes"] if spec["num_classes"] else []

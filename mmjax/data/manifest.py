@@ -11,7 +11,8 @@ may be absent from a row (a missing key or null; in CSV an empty image/audio cel
 row needs at least one modality. Relative paths are relative to the manifest's folder.
 This module checks everything that does not need decoding (structure, types, files
 exist, labels known); decoding happens in `build.py`. Problems are (line, text) pairs, so the build can stop at the first
-or, with --skip_bad, skip and list them.
+or, with --skip_bad, skip and list them. It imports only the standard library, the contract
+and format.py, so the predictor reads its manifests with `raw_records` too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from collections.abc import Sequence
 
 from mmjax.contract import MODALITIES
+from mmjax.data.format import SPEC_FILE
 
 TARGETS = ("label", "labels", "target")
 FIELDS = (*MODALITIES, *TARGETS)
@@ -88,7 +90,21 @@ def _lines(path: str) -> list[tuple[int, str | None]]:
     return out
 
 
-def _records(path: str) -> tuple[list[tuple[int, object]], tuple[str, ...] | None, tuple[str, ...] | None]:
+def raw_records(path: str, *, need_target: bool = True) -> list[tuple[int, dict | str]]:
+    """(line, raw row or the problem with it) per data row, before any field is checked:
+    what `read_manifest` starts from, and what the predictor reads (its rows need no
+    target: `need_target=False`). ManifestError if the file as a whole is unusable."""
+    records, _, _ = _records(path, need_target)
+    return [(n, str(r) if isinstance(r, _Bad) else r) for n, r in records]
+
+
+def resolve_path(base_dir: str, value: str) -> str:
+    """A manifest's file path: '~' expanded, relative to the manifest's folder."""
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def _records(path: str, need_target: bool = True) -> tuple[list[tuple[int, object]], tuple[str, ...] | None,
+                                                           tuple[str, ...] | None]:
     """(line, raw record or _Bad) per data row, and the CSV header's modalities and targets
     (None for JSON Lines)."""
     lines = _lines(path)
@@ -114,10 +130,10 @@ def _records(path: str) -> tuple[list[tuple[int, object]], tuple[str, ...] | Non
                 else:
                     records.append((number, obj))
         return records, None, None
-    return _csv_records(path, lines)
+    return _csv_records(path, lines, need_target)
 
 
-def _csv_records(path: str, lines) -> tuple[list[tuple[int, object]], tuple[str, ...], tuple[str, ...]]:
+def _csv_records(path: str, lines, need_target: bool) -> tuple[list[tuple[int, object]], tuple[str, ...], tuple[str, ...]]:
     """CSV with a header row; quoted fields may span lines."""
     header_line, header_text = lines[0]
     if header_text is None or not header_text.strip():
@@ -130,7 +146,7 @@ def _csv_records(path: str, lines) -> tuple[list[tuple[int, object]], tuple[str,
                                 f"{', '.join(FIELDS)}")
     if len(set(header)) != len(header):
         raise ManifestError(f"{path} line 1: a column is named twice in {header}")
-    if not set(header) & set(TARGETS):
+    if need_target and not set(header) & set(TARGETS):
         raise ManifestError(f"{path} line 1: the header has no 'label' column (or 'labels' for "
                             "multi-label, 'target' for regression)")
     records: list[tuple[int, object]] = [(n, _Bad("is not valid UTF-8"))
@@ -242,7 +258,7 @@ def _check_fields(obj: dict, modalities: Sequence[str], origin: str, base_dir: s
             continue
         if not value.strip():
             raise _Bad(f"has an empty {m!r} path")
-        path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+        path = resolve_path(base_dir, value)
         if not os.path.isfile(path):
             raise _Bad(f"{m} file {value!r} does not exist (looked for {path})")
         fields[m] = path
@@ -325,7 +341,7 @@ def parse_classes(value: str) -> list[str] | None:
     set directory / spec.json (its class_names, so an eval split matches its train split)."""
     if not value:
         return None
-    path = os.path.join(value, "spec.json") if os.path.isdir(value) else value
+    path = os.path.join(value, SPEC_FILE) if os.path.isdir(value) else value
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()

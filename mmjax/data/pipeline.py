@@ -40,7 +40,7 @@ from mmjax.data import targets
 from mmjax.data.augment import Augment
 from mmjax.data.preprocess import Preprocess, TrainPreprocess
 from mmjax.data.sources import Source, check_spec
-from mmjax.data.tokenizer import make_tokenizer
+from mmjax.media import make_tokenizer
 
 # Read-ahead per process, in batches: enough to overlap decoding with the training step
 # without holding many batches in memory.
@@ -151,10 +151,10 @@ def _iterate(ds: grain.MapDataset, workers: int) -> BatchIterator:
 def check_preprocessing(config_data, modalities) -> int:
     """Checks config.data.augment and config.data.tokenizer before any pipeline is built;
     returns the tokenizer's vocabulary size (0 when `modalities` has no text)."""
-    Augment.from_config(config_data.get("augment"))
+    Augment.from_config(config_data.augment)
     if "text" not in modalities:
         return 0
-    return make_tokenizer(config_data.get("tokenizer", "bytes")).vocab_size
+    return make_tokenizer(config_data.tokenizer).vocab_size
 
 
 def _preprocess(source: Source, config) -> Preprocess:
@@ -175,7 +175,7 @@ def train_dataset(source: Source, config, *, global_batch: int, process_index: i
     # i takes block jP+i. Rows of the global array are then in stream order whatever P is,
     # so 1 and N hosts put the same examples on the same devices (and agree bitwise).
     preprocess = _preprocess(source, config)
-    augment = Augment.from_config(config.data.get("augment"))
+    augment = Augment.from_config(config.data.augment)
     if augment.enabled:
         # Mapped before batching and the host slice, so the index is the example's global
         # stream position; the dataset is lazy, so each host still decodes only its share.

@@ -2,7 +2,7 @@
 
 Only the configured modalities are produced (see the batch layout in the contract):
 text -> int32 [text_length] token ids (byte-level by default: id = byte + 2, 0 = padding;
-see tokenizer.py); audio -> float32 [audio_samples] zero-padded plus int32 audio_length;
+see mmjax/media.py); audio -> float32 [audio_samples] zero-padded plus int32 audio_length;
 image -> uint8 [H, W, 3], checked; the task's targets (targets.py: label int32, multi-hot
 label float32 [C] or target float32 [T]); bool present_<m> for modalities the data set
 marks optional (zeros where absent). `Preprocess` (eval, and training
@@ -22,27 +22,7 @@ from mmjax.contract import presence_key
 from mmjax.data import augment as augment_lib
 from mmjax.data import codec, targets
 from mmjax.data.sources import optional_modalities
-from mmjax.data.tokenizer import OFFSET as BYTE_OFFSET  # noqa: F401  (re-exported)
-from mmjax.data.tokenizer import PAD_ID, RESERVED_ID, ByteTokenizer, make_tokenizer  # noqa: F401
-from mmjax.data.tokenizer import tokenize as _tokenize
-
-VOCAB_SIZE = ByteTokenizer.vocab_size
-
-
-def tokenize(text: str, length: int, tokenizer=None) -> np.ndarray:
-    """Token ids as int32 [length] (byte-level unless `tokenizer`), truncated or zero-padded."""
-    return _tokenize(text, length, tokenizer)
-
-
-def pad_audio(wave: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [samples] zero-padded/truncated waveform, int32 number of valid samples)."""
-    wave = np.asarray(wave)
-    if wave.ndim != 1:
-        raise ValueError(f"'audio' must be a mono waveform [n], got shape {wave.shape}")
-    n = min(len(wave), samples)
-    out = np.zeros(samples, np.float32)
-    out[:n] = wave[:n]
-    return out, np.asarray(n, np.int32)
+from mmjax.media import make_tokenizer, pad_audio, tokenize
 
 
 def check_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -107,7 +87,7 @@ class Preprocess(grain.transforms.Map):
         """For config.modalities and config.loss.task; `spec` (the data set's) gives the
         target shapes and which modalities may be absent (None: classification, none)."""
         d = config.data
-        tokenizer = make_tokenizer(d.get("tokenizer", "bytes")) if "text" in config.modalities else None
+        tokenizer = make_tokenizer(d.tokenizer) if "text" in config.modalities else None
         task = targets.task_of(config)
         return cls(config.modalities, image_size=d.image_size, audio_samples=d.audio_samples,
                    text_length=d.text_length, num_classes=num_classes, tokenizer=tokenizer,

@@ -1,35 +1,26 @@
-"""Data sets on disk (ArrayRecord shards + spec.json) behind one interface.
+"""Data sources behind one interface: a name -> a `Source`.
 
 `open_source(name, split, config.data)` returns a `Source`: the shards as a grain
 random-access source of encoded records (see `codec.py`), the parsed spec and the example
 count. `name` is 'synthetic' (the embedded task, generated into the cache on first use), a
-directory holding `spec.json` and `data-XXXXX-of-YYYYY.array_record` shards (written by
-`write_dataset` or `python -m mmjax.data.build`), or 'tfds:NAME' (see tfds_source.py).
-`check_spec` checks a spec against the config; `choose_modalities` decides which of the
-data's modalities a run uses.
+directory in the format of format.py (written by writer.py or `python -m mmjax.data.build`),
+or 'tfds:NAME' (see tfds_source.py). `choose_modalities` decides which of the data's
+modalities a run uses, and `check_spec` checks a spec against the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import grain
-from array_record.python.array_record_module import ArrayRecordWriter
 
-from mmjax.data import targets
-
-FORMAT = "mmjax-v1"
-SPEC_FILE = "spec.json"
-MODALITY_FIELDS = {
-    "image": ("height", "width", "channels"),
-    "audio": ("sample_rate", "max_samples"),
-    "text": ("max_bytes",),
-}
+from mmjax.contract import MODALITIES
+from mmjax.data import synthetic, tfds_source
+from mmjax.data.format import SHARD_PATTERN, SPEC_FILE, load_spec
 
 
 @dataclasses.dataclass
@@ -49,86 +40,10 @@ class Source:
         return int(self.spec["num_classes"])
 
 
-def shard_name(index: int, count: int) -> str:
-    """The file name of shard `index` of `count`."""
-    return f"data-{index:05d}-of-{count:05d}.array_record"
-
-
-def validate_spec(spec: Any, where: str = "spec") -> dict:
-    """Checks the structure of a spec dict; raises ValueError naming the bad field."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"{where}: must be a JSON object")
-    if spec.get("format") != FORMAT:
-        raise ValueError(f"{where}: 'format' must be {FORMAT!r}, got {spec.get('format')!r}")
-    for key in ("num_examples", "num_classes"):
-        if not isinstance(spec.get(key), int) or spec[key] < 0:
-            raise ValueError(f"{where}: {key!r} must be a non-negative int, got {spec.get(key)!r}")
-    names = spec.get("class_names")
-    if not isinstance(names, list) or len(names) != spec["num_classes"]:
-        raise ValueError(
-            f"{where}: 'class_names' must list num_classes={spec['num_classes']} names")
-    modalities = spec.get("modalities")
-    if not isinstance(modalities, dict) or not modalities:
-        raise ValueError(f"{where}: 'modalities' must be a non-empty object")
-    for name, fields in modalities.items():
-        if name not in MODALITY_FIELDS:
-            raise ValueError(
-                f"{where}: unknown modality {name!r}; known: {', '.join(MODALITY_FIELDS)}"
-            )
-        for field in MODALITY_FIELDS[name]:
-            if not isinstance(fields, dict) or not isinstance(fields.get(field), int):
-                raise ValueError(f"{where}: modalities.{name}.{field} must be an int")
-    optional = spec.get("optional_modalities", [])
-    if not isinstance(optional, list) or any(m not in modalities for m in optional):
-        raise ValueError(f"{where}: 'optional_modalities' must list some of the data set's "
-                         f"modalities ({', '.join(modalities)}), got {optional!r}")
-    targets.validate(spec, where)
-    return spec
-
-
-def optional_modalities(spec: dict | None) -> tuple[str, ...]:
-    """The modalities some examples of the data set lack (spec 'optional_modalities').
-
-    The pipeline gives each of these a present_<modality> flag; other modalities are in
-    every example, and their batches stay as they were.
-    """
-    return () if spec is None else tuple(spec.get("optional_modalities", ()))
-
-
-def write_dataset(directory: str, records: Sequence[bytes], spec: dict,
-                  num_shards: int = 1) -> None:
-    """Writes encoded records as `num_shards` contiguous ArrayRecord shards plus spec.json.
-
-    Shards hold consecutive runs of `records`, so reading the sorted shards back gives the
-    records in their original order. `spec['num_examples']` is set to len(records).
-    """
-    num_shards = max(1, min(int(num_shards), len(records) or 1))
-    spec = validate_spec({**spec, "num_examples": len(records)}, where=f"spec for {directory}")
-    os.makedirs(directory, exist_ok=True)
-    bounds = [len(records) * i // num_shards for i in range(num_shards + 1)]
-    for i in range(num_shards):
-        # group_size:1 makes every record its own chunk, which random access needs.
-        path = os.path.join(directory, shard_name(i, num_shards))
-        writer = ArrayRecordWriter(path, "group_size:1")
-        try:
-            for record in records[bounds[i]:bounds[i + 1]]:
-                writer.write(record)
-        finally:
-            writer.close()
-    with open(os.path.join(directory, SPEC_FILE), "w") as f:
-        json.dump(spec, f, indent=2)
-
-
 def load_directory(directory: str) -> Source:
-    """Opens a data set directory written by `write_dataset` (or `mmjax.data.build`)."""
-    spec_path = os.path.join(directory, SPEC_FILE)
-    try:
-        with open(spec_path) as f:
-            spec = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {spec_path}: {e}") from e
-    validate_spec(spec, where=spec_path)
-    shards = sorted(glob.glob(os.path.join(directory, "data-*-of-*.array_record")))
+    """Opens a data set directory written by writer.py (or `mmjax.data.build`)."""
+    spec = load_spec(directory)
+    shards = sorted(glob.glob(os.path.join(directory, SHARD_PATTERN)))
     if not shards:
         raise ValueError(f"{directory} has a spec.json but no data-*-of-*.array_record shards")
     records = grain.sources.ArrayRecordDataSource(shards)
@@ -146,15 +61,11 @@ def open_source(name: str, split: str, config_data) -> Source:
     For a directory the split is ignored: the directory is the split.
     """
     if name == "synthetic":
-        from mmjax.data import synthetic  # lazy: synthetic writes through this module
-
         splits = synthetic.ensure_synthetic(config_data.cache_dir, config_data)
         if split not in splits:
             raise ValueError(f"unknown split {split!r} of 'synthetic'; use one of {sorted(splits)}")
         return load_directory(splits[split])
-    if isinstance(name, str) and name.startswith("tfds:"):
-        from mmjax.data import tfds_source  # lazy: TFDS is only imported when used
-
+    if isinstance(name, str) and name.startswith(tfds_source.PREFIX):
         records, spec = tfds_source.open_tfds(name, split, config_data)
         return Source(records=records, spec=spec, directory=name)
     if isinstance(name, str) and name and os.path.isfile(os.path.join(name, SPEC_FILE)):
@@ -165,6 +76,15 @@ def open_source(name: str, split: str, config_data) -> Source:
     )
 
 
+def optional_modalities(spec: dict | None) -> tuple[str, ...]:
+    """The modalities some examples of the data set lack (spec 'optional_modalities').
+
+    The pipeline gives each of these a present_<modality> flag; other modalities are in
+    every example, and their batches stay as they were.
+    """
+    return () if spec is None else tuple(spec.get("optional_modalities", ()))
+
+
 def choose_modalities(requested: Sequence[str], *specs: dict) -> tuple[str, ...]:
     """The modalities a run uses, given config.modalities and the data's specs.
 
@@ -172,8 +92,8 @@ def choose_modalities(requested: Sequence[str], *specs: dict) -> tuple[str, ...]
     has": the result is the modalities all specs share, in config order. A narrower list
     is a request: each must be in every spec. Raises ValueError naming the fix.
     """
-    shared = [m for m in MODALITY_FIELDS if all(m in s["modalities"] for s in specs)]
-    if set(requested) >= set(MODALITY_FIELDS):
+    shared = [m for m in MODALITIES if all(m in s["modalities"] for s in specs)]
+    if set(requested) >= set(MODALITIES):
         chosen = tuple(m for m in requested if m in shared)
         if not chosen:
             raise ValueError(f"the train and eval data share no modality (train has "

@@ -47,7 +47,8 @@ import tempfile
 import numpy as np
 
 from mmjax.contract import hz_to_mel, mel_to_hz
-from mmjax.data import codec, sources
+from mmjax.data import codec, writer
+from mmjax.data.format import FORMAT, SPEC_FILE
 
 VERSION = 1  # bump when the generated data change, so caches are rebuilt
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -241,7 +242,7 @@ def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
               num_examples: int = 0, task: str = "default") -> dict:
     """The spec.json of a synthetic split (contract format)."""
     spec = {
-        "format": sources.FORMAT,
+        "format": FORMAT,
         "num_examples": num_examples,
         "num_classes": NUM_CLASSES,
         "class_names": list(CLASS_NAMES),
@@ -276,7 +277,7 @@ def _params(config_data) -> dict:
         "num_eval": int(syn.num_eval),
         "seed": int(syn.seed),
     }
-    task = str(syn.get("task", "default"))
+    task = str(syn.task)
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(SYNTHETIC_TASKS)}")
     if task != "default":  # only then, so existing caches of the default task stay valid
@@ -295,7 +296,7 @@ def _num_shards(num_examples: int) -> int:
 
 
 def _is_complete(directory: str, splits) -> bool:
-    return all(os.path.isfile(os.path.join(directory, s, sources.SPEC_FILE)) for s in splits)
+    return all(os.path.isfile(os.path.join(directory, s, SPEC_FILE)) for s in splits)
 
 
 def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
@@ -326,7 +327,7 @@ def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
                              audio_samples=params["audio_samples"], task=params.get("task", "default"))
             records = [codec.encode(e) for e in examples]
             del examples
-            sources.write_dataset(os.path.join(tmp, split), records, spec, _num_shards(count))
+            writer.write_dataset(os.path.join(tmp, split), records, spec, _num_shards(count))
         with open(os.path.join(tmp, "params.json"), "w") as f:
             json.dump(params, f, indent=2)
         try:

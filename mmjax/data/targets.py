@@ -24,29 +24,14 @@ import numpy as np
 from mmjax.contract import LABELLED_TASKS, STORED_FIELD, TASKS
 
 
-
 def task_of(config: Any) -> str:
-    """config.loss.task ('classification' for configs without a loss group)."""
-    loss = config.get("loss")
-    return "classification" if loss is None else str(loss.get("task", "classification"))
+    """config.loss.task: the objective, which decides the batch's target fields."""
+    return str(config.loss.task)
 
 
 def spec_tasks(spec: Mapping | None) -> tuple[str, ...]:
     """The tasks a data set's examples are labelled for (None: a classification data set)."""
     return ("classification",) if spec is None else tuple(spec.get("tasks", ("classification",)))
-
-
-def validate(spec: Mapping, where: str) -> None:
-    """Checks 'tasks' and 'target_size'; raises ValueError naming the bad field."""
-    tasks = spec.get("tasks", ["classification"])
-    if not isinstance(tasks, list) or not tasks or any(t not in LABELLED_TASKS for t in tasks):
-        raise ValueError(f"{where}: 'tasks' must be a non-empty list of {', '.join(LABELLED_TASKS)}, got {tasks!r}")
-    if "regression" in tasks:
-        size = spec.get("target_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{where}: 'target_size' must be a positive int for regression, got {size!r}")
-    if ("classification" in tasks or "multilabel" in tasks) and spec["num_classes"] < 1:
-        raise ValueError(f"{where}: a data set with class labels needs num_classes >= 1")
 
 
 def check_task(spec: Mapping, task: str, where: str) -> None:

@@ -27,7 +27,8 @@ import re
 
 import numpy as np
 
-from mmjax.data import decode
+from mmjax import media
+from mmjax.data.format import FORMAT, validate_spec
 
 PREFIX = "tfds:"
 _MMJAX_NAMES = ("image", "text", "audio", "label")
@@ -76,9 +77,9 @@ class TfdsRecords:
             if ours == "image":
                 value = np.asarray(value)
                 if value.shape != (self.image_size, self.image_size, 3) or value.dtype != np.uint8:
-                    value = decode.resize_image(value, self.image_size)
+                    value = media.resize_image(value, self.image_size)
             elif ours == "audio":
-                value = decode.resample(decode.to_mono_float(np.asarray(value)), self.from_rate,
+                value = media.resample(media.to_mono_float(np.asarray(value)), self.from_rate,
                                         self.audio_rate)
             elif ours == "text":
                 value = value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -106,9 +107,7 @@ def check_feature_classes(data_dir: str, dataset: str) -> None:
 
 def open_tfds(name: str, split: str, config_data):
     """(records, spec) of split 'train'/'eval' of 'tfds:NAME' (see module docstring)."""
-    import tensorflow_datasets as tfds
-
-    from mmjax.data import sources
+    import tensorflow_datasets as tfds  # here: heavy, and only runs that read TFDS need it
 
     dataset = name[len(PREFIX):]
     t = config_data.tfds
@@ -155,8 +154,8 @@ def open_tfds(name: str, split: str, config_data):
                                "max_samples": int(config_data.audio_samples)}
     if "text" in mapping:
         modalities["text"] = {"max_bytes": int(config_data.text_length)}
-    spec = {"format": sources.FORMAT, "num_examples": len(records),
+    spec = {"format": FORMAT, "num_examples": len(records),
             "num_classes": int(label.num_classes), "class_names": list(label.names),
             "modalities": modalities, "tfds": {"name": dataset, "split": tfds_split,
                                                "features": mapping}}
-    return records, sources.validate_spec(spec, where=where)
+    return records, validate_spec(spec, where=where)

@@ -1,10 +1,11 @@
-"""Tests for mmjax/data/{augment,tokenizer}.py and augmentation in the grain pipeline."""
+"""Tests for mmjax/data/augment.py and augmentation in the grain pipeline."""
 
 import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.data import augment, codec, pipeline, preprocess, sources, synthetic, tokenizer
+from mmjax import media
+from mmjax.data import augment, codec, pipeline, sources, synthetic, writer
 from batches import equal, take  # noqa: E402
 
 GB = 16
@@ -71,11 +72,11 @@ def test_freq_mask_removes_one_band_and_keeps_the_rest():
 
 
 def test_token_dropout_keeps_padding():
-    tokens = tokenizer.tokenize("hello world", 16)
+    tokens = media.tokenize("hello world", 16)
     out = augment.token_dropout(tokens, _rng(), 0.5)
     assert (out[tokens == 0] == 0).all()
     changed = out != tokens
-    assert changed.any() and (out[changed] == tokenizer.RESERVED_ID).all()
+    assert changed.any() and (out[changed] == media.RESERVED_ID).all()
 
 
 def test_augment_config_is_checked():
@@ -87,49 +88,12 @@ def test_augment_config_is_checked():
         augment.Augment.from_config({"colour": 1.0})
 
 
-# ---------------------------------------------------------------- tokenizers
-
-
-def test_byte_tokenizer_is_the_default_layout():
-    np.testing.assert_array_equal(tokenizer.tokenize("hé", 4), [ord("h") + 2, 0xC3 + 2, 0xA9 + 2, 0])
-    assert tokenizer.make_tokenizer("bytes").vocab_size == 258 == preprocess.VOCAB_SIZE
-
-
-@pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
-    import sentencepiece
-
-    root = tmp_path_factory.mktemp("spm")
-    words = ["what", "digit", "is", "drawn", "which", "note", "do", "you", "hear", "the", "a"]
-    rng = np.random.default_rng(0)
-    (root / "corpus.txt").write_text(
-        "\n".join(" ".join(rng.choice(words, 6)) for _ in range(300)) + "\n")
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "spm"), vocab_size=28,
-        model_type="unigram", minloglevel=2)
-    return str(root / "spm.model")
-
-
-def test_sentencepiece_tokenizer(spm_model):
-    tok = tokenizer.make_tokenizer(spm_model)
-    assert tok.vocab_size == 30
-    ids = tokenizer.tokenize("what digit is drawn", 12, tok)
-    n = int((ids > 0).sum())
-    assert 0 < n < len("what digit is drawn") and (ids[:n] >= 2).all() and (ids[n:] == 0).all()
-    import copy
-
-    clone = copy.deepcopy(tok)  # workers get the path, not the loaded model
-    np.testing.assert_array_equal(tokenizer.tokenize("which note", 12, clone),
-                                  tokenizer.tokenize("which note", 12, tok))
-    with pytest.raises(ValueError, match="neither 'bytes' nor an existing SentencePiece model"):
-        tokenizer.make_tokenizer("/no/such.model")
-
-
 # ---------------------------------------------------------------- in the pipeline
 
 
 def _config(workers=0, **augment_switches):
-    c = ml_collections.ConfigDict(dict(modalities=("image", "text", "audio"), seed=0))
+    c = ml_collections.ConfigDict(dict(modalities=("image", "text", "audio"), seed=0,
+                                       loss=dict(task="classification")))
     c.data = ml_collections.ConfigDict(dict(
         image_size=8, audio_rate=8000, audio_samples=128, text_length=32, workers=workers,
         tokenizer="bytes", augment=ml_collections.ConfigDict(dict(augment.Augment().__dict__)),
@@ -147,7 +111,7 @@ def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("aug")
     examples, _ = synthetic.generate(48, 3, image_size=8, audio_rate=8000, audio_samples=128)
     spec = synthetic.make_spec(image_size=8, audio_rate=8000, audio_samples=128)
-    sources.write_dataset(str(path), [codec.encode(e) for e in examples], spec, 2)
+    writer.write_dataset(str(path), [codec.encode(e) for e in examples], spec, 2)
     return sources.load_directory(str(path))
 
 

@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.data import codec, pipeline, preprocess, sources, synthetic
+from mmjax import media
+from mmjax.data import codec, pipeline, preprocess, sources, synthetic, writer
 from batches import equal, take  # noqa: E402
 
 N = 96  # examples; with global batch 32 an epoch is exactly 3 batches
@@ -17,11 +18,11 @@ ALL = ("image", "text", "audio")
 
 
 def _config(modalities=ALL, seed=0, workers=0):
-    c = ml_collections.ConfigDict(dict(modalities=modalities, seed=seed))
+    c = ml_collections.ConfigDict(dict(modalities=modalities, seed=seed, loss=dict(task="classification")))
     c.data = ml_collections.ConfigDict(dict(
         train="synthetic", eval="synthetic", cache_dir="", image_size=8, audio_rate=8000,
-        audio_samples=128, text_length=32, workers=workers,
-        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8, seed=0)),
+        audio_samples=128, text_length=32, workers=workers, tokenizer="bytes", augment=None,
+        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8, seed=0, task="default")),
     ))
     return c
 
@@ -29,7 +30,7 @@ def _config(modalities=ALL, seed=0, workers=0):
 def _make_dir(path, n, num_shards=2):
     examples, _ = synthetic.generate(n, 5, image_size=8, audio_rate=8000, audio_samples=128)
     spec = synthetic.make_spec(image_size=8, audio_rate=8000, audio_samples=128)
-    sources.write_dataset(str(path), [codec.encode(e) for e in examples], spec, num_shards)
+    writer.write_dataset(str(path), [codec.encode(e) for e in examples], spec, num_shards)
     return sources.open_source(str(path), "train", _config().data)
 
 
@@ -99,7 +100,7 @@ def test_preprocess_fields():
         codec.encode(example))
     np.testing.assert_array_equal(out["text"], [ord("h") + 2, 0xC3 + 2, 0xA9 + 2, 0])
     assert out["audio"].shape == (128,) and out["audio_length"] == 128  # truncated
-    short = preprocess.pad_audio(np.ones(5, np.float32), 8)
+    short = media.pad_audio(np.ones(5, np.float32), 8)
     np.testing.assert_array_equal(short[0], [1, 1, 1, 1, 1, 0, 0, 0])
     assert short[1] == 5 and short[1].dtype == np.int32
     assert out["label"].dtype == np.int32 and out["label"] == 3

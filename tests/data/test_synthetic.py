@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmjax import contract
-from mmjax.data import codec, sources, synthetic
+from mmjax.data import codec, sources, synthetic, writer
 
 KW = dict(image_size=16, audio_rate=8000, audio_samples=512)
 
@@ -27,7 +27,8 @@ def _config_data(num_train=40, num_eval=12):
     d.audio_rate = 8000
     d.audio_samples = 256
     d.text_length = 32
-    d.synthetic = ml_collections.ConfigDict(dict(num_train=num_train, num_eval=num_eval, seed=0))
+    d.synthetic = ml_collections.ConfigDict(dict(num_train=num_train, num_eval=num_eval, seed=0,
+                                                task="default"))
     return d
 
 
@@ -141,7 +142,7 @@ def test_ensure_synthetic_keeps_the_copy_of_a_process_that_finished_first(tmp_pa
     config_data = _config_data(num_train=8, num_eval=4)
     theirs = synthetic.ensure_synthetic(str(tmp_path / "other"), config_data)
     target = os.path.dirname(theirs["train"]).replace(str(tmp_path / "other"), str(tmp_path / "c"))
-    real_write = sources.write_dataset
+    real_write = writer.write_dataset
 
     def write_after_other_process(directory, *args, **kwargs):
         # Simulate the race: another process renames its finished copy into place first.
@@ -150,7 +151,7 @@ def test_ensure_synthetic_keeps_the_copy_of_a_process_that_finished_first(tmp_pa
             open(os.path.join(target, "theirs"), "w").close()
         return real_write(directory, *args, **kwargs)
 
-    monkeypatch.setattr(sources, "write_dataset", write_after_other_process)
+    monkeypatch.setattr(writer, "write_dataset", write_after_other_process)
     paths = synthetic.ensure_synthetic(str(tmp_path / "c"), config_data)
     assert os.path.exists(os.path.join(target, "theirs"))
     assert paths["train"] == os.path.join(target, "train")

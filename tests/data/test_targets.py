@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mmjax.data import build, codec, pipeline, sources, synthetic, targets
+from mmjax.data.format import validate_spec
 from mmjax.data.manifest import ManifestError
 from mmjax.models.multimodal import build_model
 
@@ -148,7 +149,7 @@ def test_synthetic_variants():
     values = np.array([e["target"][0] for e in examples])
     assert 0 <= values.min() < 0.1 and 0.9 < values.max() <= 1 and np.all(latents[:, 1] == -1)
     spec = synthetic.make_spec(image_size=16, audio_rate=8000, audio_samples=2048, task="regression")
-    assert sources.validate_spec(spec)["target_size"] == 1 and spec["num_classes"] == 0
+    assert validate_spec(spec)["target_size"] == 1 and spec["num_classes"] == 0
     assert "tasks" not in synthetic.make_spec(image_size=16, audio_rate=8000, audio_samples=2048)
 
 
@@ -203,5 +204,5 @@ def test_optional_modality_errors(media):
     with pytest.raises(ManifestError, match=r"names a modality not in --modalities=image"):
         _build(manifest, folder / "ds", modalities="image", optional_modalities="audio")
     with pytest.raises(ValueError, match=r"'optional_modalities' must list some of the data set's"):
-        sources.validate_spec(dict(synthetic.make_spec(image_size=16, audio_rate=8000, audio_samples=64),
+        validate_spec(dict(synthetic.make_spec(image_size=16, audio_rate=8000, audio_samples=64),
                                    optional_modalities=["video"]))

@@ -48,10 +48,11 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, features="image=img,text=caption,audio=wave,label=kind", **data):
-    c = ml_collections.ConfigDict(dict(modalities=("image", "text", "audio"), seed=0))
+    c = ml_collections.ConfigDict(dict(modalities=("image", "text", "audio"), seed=0,
+                                       loss=dict(task="classification")))
     c.data = ml_collections.ConfigDict(dict(
         train="tfds:mmjax_test_tiny", eval="tfds:mmjax_test_tiny", image_size=8, audio_rate=8000,
-        audio_samples=256, text_length=16, workers=0, tokenizer="bytes",
+        audio_samples=256, text_length=16, workers=0, tokenizer="bytes", augment=None,
         tfds=ml_collections.ConfigDict(dict(data_dir=data_dir, train_split="train",
                                             eval_split="test", features=features,
                                             audio_rate=16000)),

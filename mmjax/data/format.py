@@ -1,0 +1,95 @@
+"""The on-disk format of a data set directory: names and the checks of spec.json.
+
+A data set is a directory holding `data-XXXXX-of-YYYYY.array_record` shards (one encoded
+example per record, see codec.py; read in sorted order) and `spec.json`:
+
+    format               'mmjax-v1'
+    num_examples         int, the records in all shards
+    num_classes          int; class_names lists that many names (ids are positions)
+    modalities           {name: fields}: image {height, width, channels},
+                         audio {sample_rate, max_samples}, text {max_bytes}
+    optional_modalities  optional: the modalities some examples lack
+    tasks, target_size   optional: what the examples are labelled for (targets.py);
+                         absent tasks mean ['classification']
+
+This module imports only the standard library and the contract, so every other part of
+the data package (writer, reader, build, TFDS) can depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from mmjax.contract import LABELLED_TASKS
+
+FORMAT = "mmjax-v1"
+SPEC_FILE = "spec.json"
+SHARD_PATTERN = "data-*-of-*.array_record"  # glob of shard_name's results
+MODALITY_FIELDS = {
+    "image": ("height", "width", "channels"),
+    "audio": ("sample_rate", "max_samples"),
+    "text": ("max_bytes",),
+}
+
+
+def shard_name(index: int, count: int) -> str:
+    """The file name of shard `index` of `count`."""
+    return f"data-{index:05d}-of-{count:05d}.array_record"
+
+
+def validate_spec(spec: Any, where: str = "spec") -> dict:
+    """Checks the structure of a spec dict; raises ValueError naming the bad field."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: must be a JSON object")
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{where}: 'format' must be {FORMAT!r}, got {spec.get('format')!r}")
+    for key in ("num_examples", "num_classes"):
+        if not isinstance(spec.get(key), int) or spec[key] < 0:
+            raise ValueError(f"{where}: {key!r} must be a non-negative int, got {spec.get(key)!r}")
+    names = spec.get("class_names")
+    if not isinstance(names, list) or len(names) != spec["num_classes"]:
+        raise ValueError(
+            f"{where}: 'class_names' must list num_classes={spec['num_classes']} names")
+    modalities = spec.get("modalities")
+    if not isinstance(modalities, dict) or not modalities:
+        raise ValueError(f"{where}: 'modalities' must be a non-empty object")
+    for name, fields in modalities.items():
+        if name not in MODALITY_FIELDS:
+            raise ValueError(
+                f"{where}: unknown modality {name!r}; known: {', '.join(MODALITY_FIELDS)}"
+            )
+        for field in MODALITY_FIELDS[name]:
+            if not isinstance(fields, dict) or not isinstance(fields.get(field), int):
+                raise ValueError(f"{where}: modalities.{name}.{field} must be an int")
+    optional = spec.get("optional_modalities", [])
+    if not isinstance(optional, list) or any(m not in modalities for m in optional):
+        raise ValueError(f"{where}: 'optional_modalities' must list some of the data set's "
+                         f"modalities ({', '.join(modalities)}), got {optional!r}")
+    _validate_targets(spec, where)
+    return spec
+
+
+def _validate_targets(spec: dict, where: str) -> None:
+    """Checks 'tasks' and 'target_size'; raises ValueError naming the bad field."""
+    tasks = spec.get("tasks", ["classification"])
+    if not isinstance(tasks, list) or not tasks or any(t not in LABELLED_TASKS for t in tasks):
+        raise ValueError(f"{where}: 'tasks' must be a non-empty list of {', '.join(LABELLED_TASKS)}, got {tasks!r}")
+    if "regression" in tasks:
+        size = spec.get("target_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}: 'target_size' must be a positive int for regression, got {size!r}")
+    if ("classification" in tasks or "multilabel" in tasks) and spec["num_classes"] < 1:
+        raise ValueError(f"{where}: a data set with class labels needs num_classes >= 1")
+
+
+def load_spec(directory: str) -> dict:
+    """The checked spec.json of a data set directory; ValueError naming the file if bad."""
+    path = os.path.join(directory, SPEC_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    return validate_spec(spec, where=path)
