@@ -101,6 +101,14 @@ def get_config(arg=None):
     c.modality_dropout = 0.0
     c.eval_without = ()
 
+    # Evaluators by name (mmjax/evaluators/): kind 'task' (the objective's metrics) or
+    # 'without_modality' (+ modalities=(...)); data: '' = data.eval; every: steps, 0 =
+    # eval_every; prefix of the metric names, '' = 'eval/NAME/'. A second data set is one
+    # more entry, e.g. c.evals.other = dict(kind='task', data='path/to/built', every=0, prefix='').
+    c.evals = ml_collections.ConfigDict(
+        dict(eval=ml_collections.ConfigDict(dict(kind="task", data="", every=0, prefix="eval/")))
+    )
+
     # Pretrained parts: init_from is an export folder (python -m mmjax.export) whose parameters
     # replace the fresh ones at step 0 (never when resuming); init_from_prefix loads only one
     # sub-tree, e.g. 'image' (the image encoder), '' = all. frozen: parameter-path prefixes,

@@ -34,7 +34,7 @@ import numpy as np
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import predict as predict_lib
-from mmjax import sharding
+from mmjax import sharding, trainer
 from mmjax.config import UserError
 from mmjax.contract import EXPORT_DTYPES, presence_key
 from mmjax.models.multimodal import build_model
@@ -74,8 +74,6 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
 
 def restore_params(workdir: str, step: int | None = None):
     """(config, params as numpy tree, step, meta) of a run's checkpoint (latest by default)."""
-    from mmjax import train as train_lib  # the run's optimizer shapes the state to restore
-
     checkpointer = _checkpointer(workdir)
     try:
         steps = checkpointer.all_steps()
@@ -90,10 +88,10 @@ def restore_params(workdir: str, step: int | None = None):
         meta = checkpointer.read_meta(step)
         config = ml_collections.ConfigDict(meta["config"])
         model = build_model(config, int(meta["num_classes"]))
-        tx, _ = train_lib.make_optimizer(config)
+        tx, _ = trainer.make_optimizer(config)
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-        shapes = train_lib.batch_shapes(config, 1)
-        abstract, _, _ = train_lib.sharded_state_shapes(model, tx, shapes, mesh)
+        shapes = trainer.batch_shapes(config, 1)
+        abstract, _, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh)
         try:  # a damaged checkpoint is never exported
             state, _, _ = checkpointer.restore_verified(step, abstract)
         except ckpt_lib.CheckpointDamaged as e:
@@ -119,9 +117,7 @@ def _class_names(config, meta: dict) -> list[str]:
 # ---------------------------------------------------------------- the exported function
 def input_specs(config) -> dict[str, tuple[tuple, str]]:
     """Batch fields the exported function takes: name -> (shape with None for batch, dtype)."""
-    from mmjax import train as train_lib
-
-    specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in train_lib.batch_shapes(config, 1).items()
+    specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in trainer.batch_shapes(config, 1).items()
              if k != "label"}
     for m in config.modalities:
         specs[presence_key(m)] = ((None,), "bool")
