@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         checkpointer.close()
         save = time.perf_counter() - start
 
-    print(f"| arrays | values | fingerprints, first call | later calls (best of 5) | whole synchronous save |")
+    print("| arrays | values | fingerprints, first call | later calls (best of 5) | whole synchronous save |")
     print("|---|---|---|---|---|")
     print(f"| {len(leaves)} | {sum(x.size for x in leaves):,} | {first:.2f} s | {1000 * min(later):.1f} ms | {save:.2f} s |")
     print(f"load average during the run: {os.getloadavg()[0]:.1f}")

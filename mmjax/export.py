@@ -37,6 +37,7 @@ from mmjax import predict as predict_lib
 from mmjax import sharding, trainer
 from mmjax.config import UserError
 from mmjax.contract import EXPORT_DTYPES, presence_key
+from mmjax.data import sources
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -107,8 +108,6 @@ def _class_names(config, meta: dict) -> list[str]:
     if names:
         return [str(n) for n in names]
     try:  # runs from before meta carried the names: read them from the training data
-        from mmjax.data import sources
-
         return [str(n) for n in sources.open_source(config.data.train, "train", config.data).spec["class_names"]]
     except (ValueError, OSError):
         return [str(i) for i in range(int(meta["num_classes"]))]
