@@ -19,7 +19,7 @@ import jax
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
-from mmjax import sharding, train
+from mmjax import sharding, trainer
 from mmjax.models.multimodal import build_model
 
 
@@ -29,8 +29,8 @@ def main(argv: list[str]) -> None:
     config_lib.apply_overrides(config, overrides)
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(config, 10)
-    tx, _ = train.make_optimizer(config)
-    _, _, init_fn = train.sharded_state_shapes(model, tx, train.batch_shapes(config, config.batch_size), mesh)
+    tx, _ = trainer.make_optimizer(config)
+    _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
     state = jax.block_until_ready(init_fn(jax.random.key(0)))
     leaves = jax.tree.leaves(state)
 
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         checkpointer.close()
         save = time.perf_counter() - start
 
-    print(f"| arrays | values | fingerprints, first call | later calls (best of 5) | whole synchronous save |")
+    print("| arrays | values | fingerprints, first call | later calls (best of 5) | whole synchronous save |")
     print("|---|---|---|---|---|")
     print(f"| {len(leaves)} | {sum(x.size for x in leaves):,} | {first:.2f} s | {1000 * min(later):.1f} ms | {save:.2f} s |")
     print(f"load average during the run: {os.getloadavg()[0]:.1f}")

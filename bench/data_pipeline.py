@@ -24,7 +24,7 @@ import jax  # noqa: E402
 
 from bench.flags import parse_flags  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import sharding, train  # noqa: E402
+from mmjax import sharding, trainer  # noqa: E402
 from mmjax.data import pipeline, sources  # noqa: E402
 from mmjax.models.multimodal import build_model  # noqa: E402
 
@@ -57,12 +57,12 @@ def time_train_step(source, config, steps: int) -> tuple[float, float]:
     """(compile seconds, examples/s) of the jitted training step of `config` on one batch."""
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(config, source.num_classes)
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = trainer.make_optimizer(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    abstract, shardings, init_fn = train.sharded_state_shapes(
-        model, tx, train.batch_shapes(config, config.batch_size), mesh)
+    abstract, shardings, init_fn = trainer.sharded_state_shapes(
+        model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
     start = time.perf_counter()
-    step, _ = train.compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
+    step = trainer.compile_train_step(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
     compile_seconds = time.perf_counter() - start
     state = init_fn(init_rng)
     config.data.workers = 0

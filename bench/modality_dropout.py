@@ -18,7 +18,9 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from mmjax.contract import MODALITIES  # noqa: E402  (bench scripts run from a checkout)
+from mmjax import config as config_lib  # noqa: E402  (bench scripts run from a checkout)
+from mmjax import train  # noqa: E402
+from mmjax.contract import MODALITIES  # noqa: E402
 
 
 def last_eval(workdir: str) -> dict[str, float]:
@@ -28,9 +30,6 @@ def last_eval(workdir: str) -> dict[str, float]:
 
 
 def run(rate: float, steps: int, workdir: str, extra: dict[str, str]) -> dict[str, float]:
-    from mmjax import config as config_lib
-    from mmjax import train
-
     config = config_lib.load_config_file(os.path.join(ROOT, "configs", "base.py"))
     overrides = {
         "data.synthetic.task": "redundant",
@@ -47,8 +46,6 @@ def run(rate: float, steps: int, workdir: str, extra: dict[str, str]) -> dict[st
 
 
 def main(argv: list[str]) -> int:
-    from mmjax import config as config_lib
-
     spec, extra, rest = config_lib.split_config_args(argv)
     del spec
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmjax import train
+from mmjax import trainer
 
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Every field batch_shapes lists for the config, with padding in text and audio."""
     rng = np.random.default_rng(seed)
     out = {}
-    for key, (shape, dtype) in train.batch_shapes(config, batch_size).items():
+    for key, (shape, dtype) in trainer.batch_shapes(config, batch_size).items():
         if key == "image":
             out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
         elif key == "text":

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from bench.flags import parse_flags  # noqa: E402
 from bench.random_batch import random_batch  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import flops, hardware, sharding, train  # noqa: E402
+from mmjax import flops, hardware, sharding, trainer  # noqa: E402
 from mmjax.models.multimodal import build_model, count_params  # noqa: E402
 
 FLAGS = {"variants": "default", "steps": "10", "warmup": "2", "rounds": "3", "torch": "auto", "threads": "0"}
@@ -76,12 +76,12 @@ class JaxVariant:
         mesh = sharding.make_mesh(config.mesh)
         sharding.check_batch_size(config.batch_size, mesh)
         model = build_model(config, 10)
-        tx, schedule = train.make_optimizer(config)
+        tx, schedule = trainer.make_optimizer(config)
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-        abstract, shardings, init_fn = train.sharded_state_shapes(
-            model, tx, train.batch_shapes(config, config.batch_size), mesh)
+        abstract, shardings, init_fn = trainer.sharded_state_shapes(
+            model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
         start = time.perf_counter()
-        self.step, _ = train.compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
+        self.step = trainer.compile_train_step(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
         self.compile_seconds = time.perf_counter() - start
         self.params = count_params(abstract.params)
         self.state = init_fn(init_rng)

@@ -28,7 +28,6 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from mmjax import faults
 from mmjax.config import UserError
 
 STATE, DATA, META = "state", "data", "meta"
@@ -37,7 +36,10 @@ STATE, DATA, META = "state", "data", "meta"
 class Checkpointer:
     """Saves and restores (state, data_state, meta) triples under one directory."""
 
-    def __init__(self, directory: str | epath.Path, *, max_to_keep: int, async_save: bool = True):
+    def __init__(self, directory: str | epath.Path, *, max_to_keep: int, async_save: bool = True,
+                 temporary_path_class=None):
+        """temporary_path_class: Orbax's (None: its default); the train loop passes the
+        fault-injecting one of mmjax/faults.py when a test asks for it."""
         directory = str(directory)
         # Orbax needs absolute paths; '--workdir=runs/x' is relative to where the run started.
         self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
@@ -48,7 +50,7 @@ class Checkpointer:
                 enable_async_checkpointing=async_save,
                 create=True,
                 cleanup_tmp_directories=True,  # what a save killed mid-way left behind
-                temporary_path_class=faults.checkpoint_temporary_path_class(),  # None unless injecting
+                temporary_path_class=temporary_path_class,
             ),
             item_names=(STATE, DATA, META),
         )
@@ -262,7 +264,8 @@ def check_compatible(meta: dict, abstract_state: Any, config: dict, where: str) 
     saved = meta.get("state_shapes")
     if saved is None or saved == state_shapes(abstract_state):
         return
-    before, now = flatten_config(meta.get("config", {})), flatten_config(config)
+    saved_config = meta["config"] if "config" in meta else {}  # metadata, not a schema key
+    before, now = flatten_config(saved_config), flatten_config(config)
     keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if keys:
         shown = ", ".join(f"{k} ({before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r})" for k in keys[:8])

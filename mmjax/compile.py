@@ -31,9 +31,9 @@ from absl import flags  # noqa: E402
 from etils import epath  # noqa: E402
 
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import sharding, train  # noqa: E402
+from mmjax import sharding, trainer  # noqa: E402
 from mmjax.config import UserError, cli  # noqa: E402
-from mmjax.data import targets  # noqa: E402
+from mmjax.data import synthetic, targets  # noqa: E402
 from mmjax.models.multimodal import build_model  # noqa: E402
 
 flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:2x2, v5e:16x16, v5p:4x4x8, v6e:16x16, v4:2x2x2.")
@@ -71,11 +71,9 @@ def data_spec(config) -> dict | None:
     """The training data's spec (None where it cannot be read without opening the data)."""
     name = config.data.train
     if name == "synthetic":
-        from mmjax.data import synthetic
-
         d = config.data
         return synthetic.make_spec(image_size=d.image_size, audio_rate=d.audio_rate,
-                                   audio_samples=d.audio_samples, task=d.synthetic.get("task", "default"))
+                                   audio_samples=d.audio_samples, task=d.synthetic.task)
     spec = epath.Path(name) / "spec.json"
     return json.loads(spec.read_text()) if spec.exists() else None
 
@@ -112,15 +110,15 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     if config.model.dtype == "auto":
         config.model.dtype = "bfloat16"
     model = build_model(config, num_classes or num_classes_from_data(config))
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = trainer.make_optimizer(config)
     spec = data_spec(config)  # the batch's target fields and presence flags
     if spec is not None and num_classes:  # --num_classes wins
         spec = {**spec, ("target_size" if targets.task_of(config) == "regression" else "num_classes"): num_classes}
     try:
-        shapes = train.batch_shapes(config, config.batch_size, spec=spec)
+        shapes = trainer.batch_shapes(config, config.batch_size, spec=spec)
     except ValueError as e:
         raise UserError(f"{e}; compile needs a data set with spec.json for it") from None
-    abstract_state, state_shardings, _ = train.sharded_state_shapes(model, tx, shapes, mesh)
+    abstract_state, state_shardings, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh)
     kind = devices[0].device_kind
     report = {
         "topology": topology,
@@ -134,9 +132,9 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     }
     start = time.perf_counter()
     try:
-        train_step, _ = train.compile_steps(
+        train_step = trainer.compile_train_step(
             model, tx, schedule, jax.random.key(0), config, mesh, abstract_state, state_shardings,
-            train_spec=spec, eval_spec=spec,
+            spec=spec,
         )
     except Exception as e:  # the compiler's out-of-memory error is the answer, not a crash
         message = str(e)

@@ -34,9 +34,10 @@ import numpy as np
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import predict as predict_lib
-from mmjax import sharding
+from mmjax import sharding, trainer
 from mmjax.config import UserError, cli
 from mmjax.contract import EXPORT_DTYPES, presence_key
+from mmjax.data import sources
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -74,8 +75,6 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
 
 def restore_params(workdir: str, step: int | None = None):
     """(config, params as numpy tree, step, meta) of a run's checkpoint (latest by default)."""
-    from mmjax import train as train_lib  # the run's optimizer shapes the state to restore
-
     checkpointer = _checkpointer(workdir)
     try:
         steps = checkpointer.all_steps()
@@ -90,10 +89,10 @@ def restore_params(workdir: str, step: int | None = None):
         meta = checkpointer.read_meta(step)
         config = config_lib.upgrade(meta["config"])  # an older run's config, in today's schema
         model = build_model(config, int(meta["num_classes"]))
-        tx, _ = train_lib.make_optimizer(config)
+        tx, _ = trainer.make_optimizer(config)
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-        shapes = train_lib.batch_shapes(config, 1)
-        abstract, _, _ = train_lib.sharded_state_shapes(model, tx, shapes, mesh)
+        shapes = trainer.batch_shapes(config, 1)
+        abstract, _, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh)
         try:  # a damaged checkpoint is never exported
             state, _, _ = checkpointer.restore_verified(step, abstract)
         except ckpt_lib.CheckpointDamaged as e:
@@ -109,8 +108,6 @@ def _class_names(config, meta: dict) -> list[str]:
     if names:
         return [str(n) for n in names]
     try:  # runs from before meta carried the names: read them from the training data
-        from mmjax.data import sources
-
         return [str(n) for n in sources.open_source(config.data.train, "train", config.data).spec["class_names"]]
     except (ValueError, OSError):
         return [str(i) for i in range(int(meta["num_classes"]))]
@@ -119,9 +116,7 @@ def _class_names(config, meta: dict) -> list[str]:
 # ---------------------------------------------------------------- the exported function
 def input_specs(config) -> dict[str, tuple[tuple, str]]:
     """Batch fields the exported function takes: name -> (shape with None for batch, dtype)."""
-    from mmjax import train as train_lib
-
-    specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in train_lib.batch_shapes(config, 1).items()
+    specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in trainer.batch_shapes(config, 1).items()
              if k != "label"}
     for m in config.modalities:
         specs[presence_key(m)] = ((None,), "bool")

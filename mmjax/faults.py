@@ -8,7 +8,7 @@ those batches, and their loss and gradient norm) and the run stops with one line
 
 Fault injection. MMJAX_FAULT_INJECT makes a run kill itself with SIGKILL at a chosen
 point, so tests can check that a crash loses nothing (tests/test_resume.py). It is read
-here only, and does nothing when unset. Comma-separated entries:
+here only, once per run (`Injection.from_env()`), and does nothing when unset. Comma-separated entries:
 
     kill_after_step=N    after step N has run and its metrics are logged, before step N's
                          eval or checkpoint (earlier checkpoints are complete by then)
@@ -18,6 +18,7 @@ here only, and does nothing when unset. Comma-separated entries:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -50,29 +51,38 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_after_step(step: int, settle: Callable[[], None] = lambda: None) -> None:
-    """Called by the loop after each step; kills the process at the injected step, after
-    `settle()` (the loop waits there for checkpoints in flight, so which ones survive is
-    known rather than a race)."""
-    if injected().get("kill_after_step") == step:
-        settle()
-        _die()
+@dataclasses.dataclass(frozen=True)
+class Injection:
+    """The faults MMJAX_FAULT_INJECT asks for, read once when a run starts (none when unset)."""
 
+    points: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
-def checkpoint_temporary_path_class():
-    """Orbax's temporary-path class for the checkpoint manager: None (Orbax's default)
-    unless kill_during_save is injected; then one that dies instead of committing that step."""
-    step = injected().get("kill_during_save")
-    if step is None:
-        return None
+    @classmethod
+    def from_env(cls) -> "Injection":
+        return cls(injected())
 
-    class DieBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
-        async def finalize(self, *args, **kwargs):
-            if self.get_final().name == str(step):  # the step folder, not an item inside it
-                _die()
-            return await super().finalize(*args, **kwargs)
+    def kill_after_step(self, step: int, settle: Callable[[], None] = lambda: None) -> None:
+        """Called by the loop after each step; kills the process at the injected step, after
+        `settle()` (the loop waits there for checkpoints in flight, so which ones survive is
+        known rather than a race)."""
+        if self.points.get("kill_after_step") == step:
+            settle()
+            _die()
 
-    return DieBeforeCommit
+    def checkpoint_temporary_path_class(self):
+        """Orbax's temporary-path class for the checkpoint manager: None (Orbax's default)
+        unless kill_during_save is injected; then one that dies instead of committing that step."""
+        step = self.points.get("kill_during_save")
+        if step is None:
+            return None
+
+        class DieBeforeCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+            async def finalize(self, *args, **kwargs):
+                if self.get_final().name == str(step):  # the step folder, not an item inside it
+                    _die()
+                return await super().finalize(*args, **kwargs)
+
+        return DieBeforeCommit
 
 
 # --------------------------------------------------------------------------- non-finite steps

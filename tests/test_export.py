@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from export_run import exported_run, tiny_config
-from mmjax import export, predict, pretrained, sharding, train
+from mmjax import export, predict, pretrained, sharding, train, trainer
 from mmjax.config import UserError
 from mmjax.models.multimodal import build_model
 
@@ -79,9 +79,9 @@ def test_export_folder_holds_params_function_and_preprocessing_spec(run, tmp_pat
 # ---------------------------------------------------------------- init_from and frozen
 def _fresh_state(config):
     model = build_model(config, 10)
-    tx, _ = train.make_optimizer(config)
+    tx, _ = trainer.make_optimizer(config)
     mesh = sharding.make_mesh(config.mesh)
-    abstract, _, init_fn = train.sharded_state_shapes(model, tx, train.batch_shapes(config, config.batch_size), mesh)
+    abstract, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
     return abstract, init_fn(jax.random.key(1))
 
 

@@ -101,3 +101,17 @@ def test_fault_injection_variable_is_checked(monkeypatch, value):
     monkeypatch.setenv(faults.FAULT_ENV, value)
     with pytest.raises(faults.UserError, match="MMJAX_FAULT_INJECT=.*entries are kill_after_step=STEP"):
         faults.injected()
+
+
+def test_fault_injection_is_read_once_when_the_run_starts(monkeypatch):
+    monkeypatch.setenv(faults.FAULT_ENV, "kill_after_step=5,kill_during_save=6")
+    injection = faults.Injection.from_env()  # what train() does, once
+    monkeypatch.setenv(faults.FAULT_ENV, "not read again")
+    killed, settled = [], []
+    monkeypatch.setattr(faults, "_die", lambda: killed.append(True))
+    injection.kill_after_step(4, lambda: settled.append(4))
+    assert not killed and not settled
+    injection.kill_after_step(5, lambda: settled.append(5))
+    assert killed and settled == [5]  # checkpoints in flight settle first
+    assert injection.checkpoint_temporary_path_class() is not None
+    assert faults.Injection().checkpoint_temporary_path_class() is None  # unset: Orbax's default

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from mmjax import config as config_lib
-from mmjax import flops, sharding, train
+from mmjax import flops, sharding, trainer
 from mmjax.models.multimodal import build_model, count_params
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ def load(name: str, **overrides):
 
 def param_count(config) -> int:
     model = build_model(config, 10)
-    batch = {k: jnp.zeros(s, dt) for k, (s, dt) in train.batch_shapes(config, 2).items()}
+    batch = {k: jnp.zeros(s, dt) for k, (s, dt) in trainer.batch_shapes(config, 2).items()}
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(0)}
     return count_params(jax.eval_shape(lambda: model.init(rngs, batch, train=False))["params"])
 
@@ -58,9 +58,9 @@ def test_analytic_flops_agree_with_xla_cost_analysis(tiny_config, overrides):
     config = tiny_config(model__scan=False, batch_size=8, **overrides)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     model = build_model(config, 10)
-    tx, schedule = train.make_optimizer(config)
-    abstract, shardings, _ = train.sharded_state_shapes(model, tx, train.batch_shapes(config, 8), mesh)
-    step, _ = train.compile_steps(model, tx, schedule, jax.random.key(0), config, mesh, abstract, shardings)
+    tx, schedule = trainer.make_optimizer(config)
+    abstract, shardings, _ = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, 8), mesh)
+    step = trainer.compile_train_step(model, tx, schedule, jax.random.key(0), config, mesh, abstract, shardings)
     cost = step.cost_analysis()
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"] / 8
     ours = flops.train_flops_per_example(config)

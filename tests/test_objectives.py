@@ -118,9 +118,9 @@ def test_objective_combines_and_names_metrics():
 
 
 def test_train_and_eval_steps_with_contrastive_modality_dropout_and_eval_without(tiny_config):
-    """train.py's compiled steps on the redundant task: task + SigLIP loss, modality
-    dropout, and an eval that also reports accuracy with the text removed."""
-    from mmjax import sharding, train
+    """train.py's compiled step and evaluators on the redundant task: task + SigLIP loss,
+    modality dropout, and an eval that also reports accuracy with the text removed."""
+    from mmjax import evaluators, sharding, trainer
     from mmjax.data import pipeline, sources
     from mmjax.models.multimodal import build_model
 
@@ -131,19 +131,19 @@ def test_train_and_eval_steps_with_contrastive_modality_dropout_and_eval_without
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     source = sources.open_source(config.data.train, "train", config.data)
     model = build_model(config, source.num_classes)
-    tx, schedule = train.make_optimizer(config)
-    abstract, shardings, init_fn = train.sharded_state_shapes(
-        model, tx, train.batch_shapes(config, config.batch_size), mesh)
-    train_step, eval_step = train.compile_steps(
+    tx, schedule = trainer.make_optimizer(config)
+    abstract, shardings, init_fn = trainer.sharded_state_shapes(
+        model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
+    train_step = trainer.compile_train_step(
         model, tx, schedule, jax.random.key(1), config, mesh, abstract, shardings)
     batches = pipeline.train_batches(source, config, global_batch=config.batch_size)
     state, metrics = train_step(init_fn(jax.random.key(0)), sharding.host_batch_to_global(next(batches), mesh))
     batches.close()
     assert {"train/loss", "train/accuracy", "train/contrastive_loss", "train/contrastive_scale"} <= set(metrics)
     np.testing.assert_allclose(metrics["train/contrastive_scale"], 10.0, rtol=1e-3)  # SigLIP's start
-    eval_batch = next(iter(pipeline.eval_batches(source, config, global_batch=config.batch_size)))
-    sums = jax.device_get(eval_step(state, sharding.host_batch_to_global(eval_batch, mesh)))
-    final = Objective.from_config(config).metrics(sums, "eval/")
+    context = evaluators.Context(config, model, Objective.from_config(config), mesh, abstract,
+                                 {config.data.eval: source})
+    final = {k: v for e in evaluators.build(config, context) for k, v in e.run(state).items()}
     assert {"eval/accuracy", "eval/accuracy_without_text", "eval/loss_without_text", "eval/contrastive_loss",
             "eval/recall@1_image_to_text", "eval/recall@1_text_to_image"} <= set(final)
     assert all(np.isfinite(float(v)) for v in final.values())

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from mmjax import config as config_lib
-from mmjax import train
+from mmjax import trainer
 from mmjax.models.multimodal import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def count(tree):
 def test_seed_parameter_count_matches_keras_formulas():
     config = config_lib.load_config_file(str(ROOT / "configs" / "seed.py"))
     model = build_model(config, NUM_CLASSES)
-    shapes = train.batch_shapes(config, 2)
+    shapes = trainer.batch_shapes(config, 2)
     dummy = {k: jax.ShapeDtypeStruct(s, dt) for k, (s, dt) in shapes.items()}
     params = jax.eval_shape(lambda b: model.init(jax.random.key(0), b, train=False), dummy)["params"]
 
@@ -74,7 +74,7 @@ def test_seed_optimizer_is_plain_keras_adam():
     """optim.kind='adam': updates equal optax.adam with Keras' defaults, at a constant lr."""
     config = config_lib.load_config_file(str(ROOT / "configs" / "seed.py"))
     assert config.optim.kind == "adam"
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = trainer.make_optimizer(config)
     reference = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-7)
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}

@@ -1,13 +1,14 @@
 """The train loop's pieces on 8 fake devices: sharded state, sharded steps, resume."""
 import json
 import shutil
+import threading
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mmjax import sharding, train
+from mmjax import checkpoint, evaluators, metrics, sharding, train, trainer
 from mmjax.data import pipeline, sources
 from mmjax.models.multimodal import build_model
 
@@ -17,12 +18,12 @@ def setup(config, devices):
     mesh = sharding.make_mesh(config.mesh, devices)
     source = sources.open_source(config.data.train, "train", config.data)
     model = build_model(config, source.num_classes)
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = trainer.make_optimizer(config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-    abstract, shardings, init_fn = train.sharded_state_shapes(
-        model, tx, train.batch_shapes(config, config.batch_size), mesh
+    abstract, shardings, init_fn = trainer.sharded_state_shapes(
+        model, tx, trainer.batch_shapes(config, config.batch_size), mesh
     )
-    step, _ = train.compile_steps(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
+    step = trainer.compile_train_step(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings)
     return mesh, source, init_fn(init_rng), step
 
 
@@ -93,3 +94,21 @@ def test_resume_from_checkpoint_continues_with_identical_losses(tiny_config, tmp
 def read_eval(workdir):
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     return {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+
+
+def test_an_exception_in_an_evaluator_closes_the_prefetcher_checkpointer_and_writers(tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    """Teardown happens in one place: whatever raises inside the loop, nothing is left open."""
+    before = set(threading.enumerate())
+    closed = []
+    for cls in (checkpoint.Checkpointer, metrics.MetricWriters):
+        monkeypatch.setattr(cls, "close", lambda self, close=cls.close: (closed.append(type(self)), close(self)))
+
+    def broken_eval(self, state):
+        raise RuntimeError("evaluator broke")
+
+    monkeypatch.setattr(evaluators.TaskEvaluator, "run", broken_eval)
+    with pytest.raises(RuntimeError, match="evaluator broke"):
+        train.train(tiny_config(), str(tmp_path))  # the first eval is at step 3
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "mmjax-prefetch" and t.is_alive()]
+    assert sorted(c.__name__ for c in closed) == ["Checkpointer", "MetricWriters"]
