@@ -87,6 +87,32 @@ def get_config(arg=None):
     c.model.audio = ml_collections.ConfigDict(
         dict(kind="transformer", n_mels=32, window=256, hop=128, patch_time=2, patch_freq=8, **encoder, **cnn)
     )
+    # Transformer-tower options (issue 12; the defaults are mmjax's own towers), per modality:
+    for name in ("image", "text", "audio"):
+        sub = c.model[name]
+        sub.norm = "pre"  # LayerNorm placement: 'pre' (x + f(LN(x))) | 'post' (LN(x + f(x)), BERT)
+        sub.ln_eps = 1e-6  # LayerNorm epsilon of the stack (checkpoints: 1e-12 BERT/ViT, 1e-5 CLIP/Whisper)
+        sub.activation = "gelu_tanh"  # MLP nonlinearity: 'gelu_tanh' | 'gelu' (exact erf) | 'quick_gelu' | 'relu'
+        sub.attn_bias = True  # biases on the attention's q/k/v/out projections
+        sub.causal = False  # causal self-attention (CLIP's text tower)
+        sub.init_from = ""  # pretrained tower: 'hf:DIR' (transformers folder) | 'bv:FILE.npz' (big_vision); see mmjax/pretrained
+    # vit/text pooling of the tower's tokens into one vector: pooling 'none' | 'cls' | 'index' (text: the first
+    # eos_id) | 'last' | 'mean' | 'map' (SigLIP's attention-pooling head); pool_norm: LayerNorm on it;
+    # pool_dense: '' | 'tanh' (BERT/ViT pooler) | 'linear' (SigLIP text head), pool_features wide (0: width).
+    for name in ("image", "text"):
+        c.model[name].update(dict(pooling="none", pool_norm=False, pool_dense="", pool_features=0))
+    c.model.image.cls_token = False  # vit: a learned class token ahead of the patches (ViT, CLIP)
+    c.model.image.pre_norm = False  # vit: LayerNorm before the stack (CLIP)
+    c.model.image.pixel_mean = ()  # vit: () -> x / 127.5 - 1; else 3 values: (x / 255 - mean) / pixel_std
+    c.model.image.pixel_std = ()  # vit: per-channel std with pixel_mean (a checkpoint's image processor)
+    c.model.text.type_vocab = 0  # transformer: token-type embeddings (BERT: 2; batch 'text_type', default 0)
+    c.model.text.embed_norm = False  # transformer: LayerNorm on the summed embeddings (BERT)
+    c.model.text.max_positions = 0  # transformer: rows of the position table (0: data.text_length)
+    c.model.text.pad_id = 0  # transformer: the padding id (mask='pad')
+    c.model.text.mask = "pad"  # transformer: real tokens: 'pad' (id != pad_id) | 'eos' (up to the first eos_id) | 'none'
+    c.model.text.eos_id = -1  # transformer: the end-of-text id (mask='eos', pool='index')
+    c.model.audio.chunk = 0  # whisper: samples each waveform is padded/cut to (0: data.audio_samples)
+    c.model.audio.max_positions = 0  # whisper: rows of the position table (0: chunk / hop / 2)
     # Fusion: 'concat' (pool: 'mean' | 'flatten', then depth Dense(mlp) layers), 'joint',
     # 'bottleneck' (MBT; bottlenecks from layer fusion_layer on) or 'cross' (num_latents).
     c.fusion = ml_collections.ConfigDict(
