@@ -1,4 +1,4 @@
-"""Starting a run from an export, and freezing parts of the model.
+"""Starting a run from an export, and freezing parts of the model (mmjax.pretrained re-exports these).
 
 config.init_from=E (a folder written by `python -m mmjax.export`) replaces the freshly
 initialised parameters with the export's, at step 0 only (a resumed run keeps its
