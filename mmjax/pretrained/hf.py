@@ -406,6 +406,29 @@ def load(path: str, modality: str, *, scan: bool = True, image_size: int | None 
         raise ValueError(f"{path}: config.json lacks {e.args[0]!r}") from None
 
 
+def contrastive(path: str) -> dict:
+    """The pieces of a CLIP or SigLIP checkpoint above its two towers' pooled outputs:
+    {'kind': 'softmax' | 'sigmoid', 'image_proj' / 'text_proj': kernel [D, P] or None
+    (SigLIP's towers end in their own heads), 'log_scale': float, 'bias': float}. The
+    logits are scale * <image, text> of the L2-normalised projections, plus bias."""
+    ck = Checkpoint(path)
+    kind = str(ck.config.get("model_type", ""))
+    if kind not in ("clip", "siglip"):
+        raise ValueError(f"{path}: architecture model_type={kind!r} is not a contrastive two-tower model "
+                         "(known: clip, siglip)")
+    out = {"kind": "softmax" if kind == "clip" else "sigmoid", "image_proj": None, "text_proj": None, "bias": 0.0}
+    if kind == "clip":
+        dim = int(ck.config.get("projection_dim", 512))
+        for tower, key, name in (("image", "vision_config", "visual_projection"), ("text", "text_config", "text_projection")):
+            width = int(ck.config[key]["hidden_size"])
+            out[f"{tower}_proj"] = ck.take(name + ".weight", (dim, width)).T
+        out["log_scale"] = float(ck.take("logit_scale", ()))
+    else:
+        out["log_scale"] = float(ck.take("logit_scale", (1,))[0])
+        out["bias"] = float(ck.take("logit_bias", (1,))[0])
+    return out
+
+
 def apply_values(sub: Any, values: dict) -> None:
     """Writes values['model'] into a config section (config.model.<modality>), for tests and
     tools that build an encoder from a checkpoint without the rest of a run's config."""

@@ -115,3 +115,29 @@ def test_errors_name_the_checkpoint_and_the_tensor(tmp_path):
         hf.load(str(reshaped), "text")
     with pytest.raises(ValueError, match="no config.json"):
         hf.load(str(tmp_path), "text")
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_zero_shot_logits(family):
+    """The two loaded towers' pooled outputs + hf.contrastive's projections and scale/bias
+    give transformers' logits_per_image."""
+    ref = reference(family)
+    head = hf.contrastive(fixture(family))
+    embeds = {}
+    for modality, inputs in (("image", {"pixels": nhwc(ref["pixel_values"])}), ("text", {})):
+        values, params = hf.load(fixture(family), modality)
+        if modality == "text":
+            ids = jnp.asarray(ref["input_ids"], jnp.int32)
+            encoder, batch = build("text", values, text_length=ids.shape[1]), {"text": ids}
+        else:
+            encoder, batch = build("image", values), {"image": jnp.zeros(inputs["pixels"].shape, jnp.uint8)}
+        _, _, pooled = encoder.apply({"params": params}, batch, train=False, return_pooled=True, **inputs)
+        if head[f"{modality}_proj"] is not None:
+            pooled = pooled @ head[f"{modality}_proj"]
+        embeds[modality] = pooled / jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+    close(embeds["image"], ref["image_embeds"], IMAGE_TOL)
+    close(embeds["text"], ref["text_embeds"], TEXT_TOL)
+    logits = np.exp(head["log_scale"]) * embeds["image"] @ embeds["text"].T + head["bias"]
+    close(logits, ref["logits_per_image"], IMAGE_TOL)
+    with pytest.raises(ValueError, match="not a contrastive two-tower model"):
+        hf.contrastive(fixture("vit"))
