@@ -63,12 +63,12 @@ def embed(tower: towers.Tower, value: str, pooled: bool) -> np.ndarray:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmjax.embed", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="hf:DIR (transformers folder or hub name) or bv:FILE.npz")
-    p.add_argument("--image", help="an image file")
-    p.add_argument("--text", help="a text string")
-    p.add_argument("--audio", help="a WAV file")
-    p.add_argument("--manifest", help="one input per line (needs --modality and an --out folder)")
-    p.add_argument("--modality", choices=("image", "text", "audio"), help="the tower, for --manifest")
     p.add_argument("--out", required=True, help="the .npy file (a folder with --manifest)")
+    inputs = {"image": "an image file", "text": "a text string", "audio": "a WAV file",
+              "manifest": "one input per line (needs --modality and an --out folder)"}
+    for name, text in inputs.items():
+        p.add_argument(f"--{name}", help=text)
+    p.add_argument("--modality", choices=("image", "text", "audio"), help="the tower, for --manifest")
     p.add_argument("--pooled", action="store_true", help="write the pooled vector instead of the tokens")
     return p
 
