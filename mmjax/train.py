@@ -286,6 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     # ---------------------------------------------------------------- model and optimizer shapes
     with _as_user_error("config.model"):  # unknown encoder/fusion kind and the like
+        pretrained.configure_towers(config)  # config.model.<m>.init_from: the checkpoint's architecture
         model = build_model(config, num_classes)
     tx, schedule = make_optimizer(config)
     train_shapes = batch_shapes(config, config.batch_size, spec=train_source.spec)

@@ -3,6 +3,9 @@
     export.py      config.init_from (an mmjax export folder) and config.frozen
     hf.py          a transformers folder (config.json + model.safetensors) -> encoder config + params
     bigvision.py   a big_vision ViT / SigLIP .npz -> encoder config + params
+    preprocess.py  a checkpoint's image processor and tokenizer on raw inputs
+    towers.py      config.model.<modality>.init_from: the architecture into the config, the
+                   params onto the sharded state; Tower (a ready encoder) for mmjax.embed
 
 The export loader's public names stay importable from here (train.py uses
 `pretrained.load_into` and `pretrained.freeze`).
@@ -17,3 +20,4 @@ from mmjax.pretrained.export import (  # noqa: F401
     param_name,
     read_export_params,
 )
+from mmjax.pretrained.towers import configure as configure_towers  # noqa: F401

@@ -78,6 +78,13 @@ def read_export_params(export_dir: str) -> dict[str, np.ndarray]:
 def load_into(state, config):
     """state with config.init_from's parameters (those under config.init_from_prefix) in place
     of the fresh ones, placed with the state's own shardings; unchanged if init_from is ''."""
+    if any(config.model[m].get("init_from", "") for m in config.modalities):
+        from mmjax.pretrained import towers  # config.model.<modality>.init_from: hf:/bv: towers
+
+        try:
+            state = towers.load_params(state, config)
+        except ValueError as e:
+            raise UserError(f"config.model.<modality>.init_from: {e}") from None
     export_dir = config.get("init_from", "")
     if not export_dir:
         return state

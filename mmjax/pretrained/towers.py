@@ -86,3 +86,88 @@ class Tower:
         fn = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False, return_pooled=True))
         tokens, mask, pooled = fn(self.params, batch)
         return np.asarray(tokens, np.float32), np.asarray(mask), None if pooled is None else np.asarray(pooled, np.float32)
+
+
+# ------------------------------------------------------------------ config.model.<modality>.init_from
+def default_config() -> ml_collections.ConfigDict:
+    """configs/base.py as shipped: the reference for 'a key the user set' until the config
+    schema gives every key's default."""
+    from mmjax import config as config_lib
+
+    return config_lib.load_config_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "base.py"))
+
+
+def configure(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict | None = None) -> list[str]:
+    """For every configured modality whose config.model.<m>.init_from names a checkpoint,
+    writes the checkpoint's architecture into config.model.<m>; config.data is checked against
+    the checkpoint (text length, audio rate), not changed. A key the user also set (it differs from `defaults`) to another value
+    is a ValueError naming both values. Returns the modalities configured."""
+    defaults = default_config() if defaults is None else defaults
+    done = []
+    for modality in config.modalities:
+        sub = config.model[modality]
+        spec = str(sub.get("init_from", ""))
+        if not spec:
+            continue
+        values, _, _ = read(spec, modality, scan=bool(config.model.scan))
+        for key, value in values["model"].items():
+            where = f"config.model.{modality}.{key}"
+            if key not in sub:
+                raise ValueError(f"{where}: the checkpoint {spec} sets this key, which the config lacks")
+            current, default = sub[key], defaults.model[modality].get(key)
+            if _same(current, value):
+                continue
+            if not _same(current, default):
+                raise ValueError(f"{where}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
+                                 "(the architecture comes from the checkpoint)")
+            sub[key] = value
+        # config.data stays the data's (a different image size interpolates the positions;
+        # Whisper pads or cuts every waveform to its chunk); only what cannot fit is an error.
+        for key, value in values["data"].items():
+            current = config.data[key]
+            if key == "text_length":
+                if current > value:
+                    raise ValueError(f"config.data.text_length={current} is longer than the {value} positions of "
+                                     f"{spec}; set --config.data.text_length={value} or less")
+            elif key == "audio_rate":
+                if current != value:
+                    raise ValueError(f"config.data.audio_rate={current} but {spec} expects {value} Hz audio; set "
+                                     f"--config.data.audio_rate={value}")
+        done.append(modality)
+    return done
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return tuple(a or ()) == tuple(b or ())
+    return a == b
+
+
+def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
+    """state with each init_from tower's parameters (state.params[<modality>]) replaced by
+    the checkpoint's, each placed with its leaf's own sharding (every device takes its shard
+    of the host copy; nothing is gathered). The model's tower subtree and the checkpoint's
+    must have the same names and shapes (ValueError naming the first that differs)."""
+    params = dict(state.params)
+    for modality in config.modalities:
+        spec = str(config.model[modality].get("init_from", ""))
+        if not spec:
+            continue
+        image_size = int(config.data.image_size) if modality == "image" else None
+        _, loaded, _ = read(spec, modality, scan=bool(config.model.scan), image_size=image_size)
+        ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params[modality])}
+        theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
+        for name in sorted(set(ours) | set(theirs)):
+            if name not in theirs or name not in ours:
+                side = "the checkpoint" if name not in theirs else "this model"
+                raise ValueError(f"{spec}: {modality} parameter {name} is not in {side}")
+            if tuple(ours[name].shape) != tuple(theirs[name].shape):
+                raise ValueError(f"{spec}: {modality} parameter {name} has shape {list(theirs[name].shape)} there but "
+                                 f"{list(ours[name].shape)} in this model")
+
+        def place(leaf, value):
+            value = np.asarray(value).astype(leaf.dtype)
+            return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
+
+        params[modality] = jax.tree_util.tree_map(place, params[modality], loaded)
+    return state.replace(params=params)
