@@ -38,10 +38,26 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu
 class Checkpoint:
     """A transformers folder: its config.json, processor files and tensors (numpy)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, shapes_only: bool = False):
         self.path = path
+        self.shapes_only = shapes_only  # take() checks names and shapes but reads no data (zeros)
         self.config = self._json("config.json", required=True)
-        self.tensors = self._read_tensors()
+        self.files = self._tensor_files()
+        self._shapes: dict[str, tuple[int, ...]] = {}  # from the files' headers; data is read in take()
+        self._where: dict[str, str] = {}
+        for file in self.files:
+            with safe_open(file) as f:
+                for name in f.keys():
+                    self._shapes[name], self._where[name] = tuple(f.get_slice(name).get_shape()), file
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every tensor, read (for tests and tools; the loaders read only what they take)."""
+        return {name: self._read(name) for name in self._shapes}
+
+    def _read(self, name: str) -> np.ndarray:
+        with safe_open(self._where[name]) as f:
+            return f.get_tensor(name)
 
     def _json(self, name: str, required: bool = False) -> dict:
         file = os.path.join(self.path, name)
@@ -52,42 +68,38 @@ class Checkpoint:
         with open(file) as f:
             return json.load(f)
 
-    def _read_tensors(self) -> dict[str, np.ndarray]:
-        from safetensors.numpy import load_file
-
+    def _tensor_files(self) -> list[str]:
         single = os.path.join(self.path, "model.safetensors")
         if os.path.isfile(single):
-            return load_file(single)
+            return [single]
         index = self._json("model.safetensors.index.json")
         if not index:
             raise ValueError(f"{self.path}: no model.safetensors (nor model.safetensors.index.json); "
                              "save the model with safe_serialization")
-        tensors: dict[str, np.ndarray] = {}
-        for file in sorted(set(index["weight_map"].values())):
-            tensors.update(load_file(os.path.join(self.path, file)))
-        return tensors
+        return [os.path.join(self.path, file) for file in sorted(set(index["weight_map"].values()))]
 
     def image_processor(self) -> dict:
         """preprocessor_config.json, or the image_processor entry of processor_config.json."""
         return self._json("preprocessor_config.json") or self._json("processor_config.json").get("image_processor", {})
 
     def has(self, name: str) -> bool:
-        return name in self.tensors
+        return name in self._shapes
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor `name` as float32, checked against the shape the config implies."""
-        if name not in self.tensors:
+        if name not in self._shapes:
             raise ValueError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
-        value = self.tensors[name]
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"{self.path}: tensor {name!r} has shape {list(value.shape)} but its config.json "
+        if self._shapes[name] != tuple(shape):
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {list(self._shapes[name])} but its config.json "
                              f"implies {list(shape)}")
-        return np.asarray(value, np.float32)
+        if self.shapes_only:
+            return np.zeros(shape, np.float32)
+        return np.asarray(self._read(name), np.float32)
 
     def prefix(self, *candidates: str, probe: str) -> str:
         """The first candidate prefix under which tensor `probe` exists (model heads add one)."""
         for p in candidates:
-            if p + probe in self.tensors:
+            if p + probe in self._shapes:
                 return p
         raise ValueError(f"{self.path}: tensor {candidates[0] + probe!r} is missing from the checkpoint")
 
@@ -386,12 +398,20 @@ FAMILIES: dict[tuple[str, str], Callable[..., tuple[dict, dict]]] = {
 }
 
 
-def load(path: str, modality: str, *, scan: bool = True, image_size: int | None = None) -> tuple[dict, dict]:
+def safe_open(file: str):
+    from safetensors import safe_open as open_file
+
+    return open_file(file, framework="numpy")
+
+
+def load(path: str, modality: str, *, scan: bool = True, image_size: int | None = None,
+         shapes_only: bool = False) -> tuple[dict, dict]:
     """(values, params) of the `modality` tower of the transformers folder at `path` (module
-    docstring). image_size other than the checkpoint's interpolates the position table."""
+    docstring). image_size other than the checkpoint's interpolates the position table;
+    shapes_only checks every tensor's name and shape but reads none (params are zeros)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality {modality!r} is not one of {list(MODALITIES)}")
-    ck = Checkpoint(path)
+    ck = Checkpoint(path, shapes_only=shapes_only)
     kind = str(ck.config.get("model_type", ""))
     convert = FAMILIES.get((modality, kind))
     if convert is None:

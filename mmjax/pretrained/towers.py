@@ -41,11 +41,13 @@ def resolve_hf(name: str) -> str:
             raise ValueError(f"hf:{name}: not in the local cache and not downloadable ({type(e).__name__})") from None
 
 
-def read(spec: str, modality: str, *, scan: bool = True, image_size: int | None = None) -> tuple[dict, dict, str]:
-    """(values, params, local path) of `modality`'s tower in the checkpoint `spec`."""
+def read(spec: str, modality: str, *, scan: bool = True, image_size: int | None = None,
+         shapes_only: bool = False) -> tuple[dict, dict, str]:
+    """(values, params, local path) of `modality`'s tower in the checkpoint `spec`
+    (shapes_only: hf folders are checked, not read; their params are zeros)."""
     if spec.startswith("hf:"):
         path = resolve_hf(spec[3:])
-        values, params = hf.load(path, modality, scan=scan, image_size=image_size)
+        values, params = hf.load(path, modality, scan=scan, image_size=image_size, shapes_only=shapes_only)
         return values, params, path
     if spec.startswith("bv:"):
         values, params = bigvision.load(spec[3:], modality, scan=scan)
@@ -109,7 +111,7 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
         spec = str(sub.get("init_from", ""))
         if not spec:
             continue
-        values, _, _ = read(spec, modality, scan=bool(config.model.scan))
+        values, _, _ = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
         for key, value in values["model"].items():
             where = f"config.model.{modality}.{key}"
             if key not in sub:
