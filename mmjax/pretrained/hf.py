@@ -332,6 +332,11 @@ def text_clip_siglip(ck: Checkpoint, scan: bool) -> tuple[dict, dict]:
     # CLIP configs from before transformers PR 24773 say eos_token_id=2 and pool at the
     # largest id, which is the end token (the vocabulary's last): the same position.
     eos_id = vocab - 1 if eos is None or (not siglip and int(eos) == 2) else int(eos)
+    mask = "eos"
+    if not 0 <= eos_id < vocab:  # a default left in the config (SigLIP's 49407): the tokenizer's own
+        eos_id = _tokenizer_eos(ck.path)
+        if eos_id is None or not 0 <= eos_id < vocab:
+            eos_id, mask = (-1, "none") if siglip else (vocab - 1, "eos")
     params = {
         "token_embed": {"embedding": ck.take(p + "embeddings.token_embedding.weight", (vocab, width))},
         "pos_embed": {"embedding": ck.take(p + "embeddings.position_embedding.weight", (positions, width))},
@@ -344,7 +349,7 @@ def text_clip_siglip(ck: Checkpoint, scan: bool) -> tuple[dict, dict]:
                  max_positions=positions, type_vocab=0, embed_norm=False, norm="pre", ln_eps=eps,
                  activation=activation(ck, cfg.get("hidden_act", "gelu_pytorch_tanh" if siglip else "quick_gelu")),
                  attn_bias=True, causal=not siglip, final_norm=True, pad_id=int(cfg.get("pad_token_id") or 0),
-                 mask="eos", eos_id=eos_id, pool_norm=False)
+                 mask=mask, eos_id=eos_id, pool_norm=False)
     if siglip:
         out = int(cfg.get("projection_size") or width)
         params["pool"] = {"dense": linear(ck, p + "head", width, out)}
@@ -352,6 +357,17 @@ def text_clip_siglip(ck: Checkpoint, scan: bool) -> tuple[dict, dict]:
     else:
         model.update(pooling="index", pool_dense="", pool_features=0)
     return {"model": model, "data": {"text_length": positions}}, params
+
+
+def _tokenizer_eos(path: str) -> int | None:
+    """The end token's id by the folder's tokenizer, or None without a usable one."""
+    from mmjax.pretrained import preprocess
+
+    try:
+        tokenizer = preprocess.Tokenizer(path)
+    except (ValueError, OSError, ImportError):
+        return None
+    return tokenizer.eos_id
 
 
 # ------------------------------------------------------------------------------ audio

@@ -62,8 +62,9 @@ class Tokenizer:
             from tokenizers import Tokenizer as FastTokenizer
 
             self.kind, self.impl = "json", FastTokenizer.from_file(json_file)
-            pad = self.config.get("pad_token")
+            pad, eos = self.config.get("pad_token"), self.config.get("eos_token")
             self.pad_id = self.impl.token_to_id(pad) if pad else 0
+            self.eos_id = self.impl.token_to_id(eos) if eos else None
         elif os.path.isfile(spm_file):
             import sentencepiece
 
