@@ -91,6 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         # ------------------------------------------------------------ model and optimizer shapes
         with as_user_error("config.model"):  # unknown encoder/fusion kind and the like
+            pretrained.configure_towers(config)  # config.model.<m>.init_from: the checkpoint's architecture
             model = build_model(config, num_classes)
         with as_user_error("config.loss"):
             objective = objectives.Objective.from_config(config)

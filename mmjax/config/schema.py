@@ -85,7 +85,7 @@ def one_of(choices: tuple) -> Callable[[Any], str | None]:
 # The model tables (mmjax/models) hold the classes behind these names; a test keeps them equal.
 IMAGE_KINDS = ("vit", "cnn")
 TEXT_KINDS = ("transformer", "lstm")
-AUDIO_KINDS = ("transformer", "cnn")
+AUDIO_KINDS = ("transformer", "cnn", "whisper")
 FUSION_KINDS = ("joint", "concat", "bottleneck", "cross")
 CONCAT_POOLS = ("mean", "flatten")
 TEXT_LOOKUPS = ("one_hot", "gather")
@@ -102,6 +102,40 @@ def _encoder(width: str) -> dict[str, Key]:
         heads=Key(4, "attention heads (divide width)", check=positive_int),
         mlp=Key(128, "hidden units of each MLP block", check=positive_int),
         final_norm=Key(True, "LayerNorm after the stack"),
+    )
+
+
+# Transformer-tower options: the defaults are mmjax's own towers; a pretrained checkpoint
+# (init_from) sets them from its own config (mmjax/pretrained/towers.py).
+NORM_PLACEMENTS = ("pre", "post")
+ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu", "relu")
+POOLINGS = ("none", "cls", "index", "last", "mean", "map")
+POOL_DENSES = ("", "tanh", "linear")
+TEXT_MASKS = ("pad", "eos", "none")
+
+
+def _tower() -> dict[str, Key]:
+    return dict(
+        norm=Key("pre", "LayerNorm placement: 'pre' (x + f(LN(x))) or 'post' (LN(x + f(x)), BERT)",
+                 choices=NORM_PLACEMENTS),
+        ln_eps=Key(1e-6, "LayerNorm epsilon of the stack (checkpoints: 1e-12 BERT/ViT, 1e-5 CLIP/Whisper)",
+                   check=positive),
+        activation=Key("gelu_tanh", "MLP nonlinearity", choices=ACTIVATIONS),
+        attn_bias=Key(True, "biases on the attention's q/k/v/out projections"),
+        causal=Key(False, "causal self-attention (CLIP's text tower)"),
+        init_from=Key("", "pretrained tower: 'hf:DIR' (a transformers folder) or 'bv:FILE.npz' (big_vision); "
+                          "its architecture overrides these keys"),
+    )
+
+
+def _pooling() -> dict[str, Key]:
+    return dict(
+        pooling=Key("none", "tokens -> one vector: 'cls', 'index' (text: the first eos_id), 'last', 'mean', "
+                            "'map' (SigLIP's attention-pooling head) or 'none'", choices=POOLINGS),
+        pool_norm=Key(False, "LayerNorm on the pooled vector"),
+        pool_dense=Key("", "dense after pooling: 'tanh' (BERT/ViT pooler), 'linear' (SigLIP text head) or ''",
+                       choices=POOL_DENSES),
+        pool_features=Key(0, "width of pool_dense (0: the tower's width)", check=at_least_zero),
     )
 
 
@@ -226,7 +260,11 @@ SCHEMA = Group("the run", dict(
         image=Group("image encoder", dict(
             kind=Key("vit", "'vit' (patches -> transformer) or 'cnn' (conv stages)", choices=IMAGE_KINDS),
             patch=Key(4, "vit: patch size (divides data.image_size)", check=positive_int),
-            **_encoder("image encoder"), **_CNN,
+            **_encoder("image encoder"), **_CNN, **_tower(), **_pooling(),
+            cls_token=Key(False, "vit: a learned class token ahead of the patches (ViT, CLIP)"),
+            pre_norm=Key(False, "vit: LayerNorm before the stack (CLIP)"),
+            pixel_mean=Key((), "vit: () maps pixels to x / 127.5 - 1; else (x / 255 - mean) / pixel_std"),
+            pixel_std=Key((), "vit: per-channel std with pixel_mean (a checkpoint's image processor)"),
         )),
         text=Group("text encoder", dict(
             kind=Key("transformer", "'transformer' or 'lstm'", choices=TEXT_KINDS),
@@ -235,15 +273,28 @@ SCHEMA = Group("the run", dict(
             **_encoder("text encoder"),
             lookup=Key("one_hot", "token ids -> vectors: 'one_hot' (matmul, splits over tensor) or 'gather'",
                        choices=TEXT_LOOKUPS),
+            **_tower(), **_pooling(),
+            type_vocab=Key(0, "token-type embeddings (BERT: 2; batch key 'text_type', default 0)",
+                           check=at_least_zero),
+            embed_norm=Key(False, "LayerNorm on the summed embeddings (BERT)"),
+            max_positions=Key(0, "rows of the position table (0: data.text_length)", check=at_least_zero),
+            pad_id=Key(0, "the padding id (mask='pad')", check=at_least_zero),
+            mask=Key("pad", "which tokens are real: 'pad' (id != pad_id), 'eos' (up to the first eos_id), 'none'",
+                     choices=TEXT_MASKS),
+            eos_id=Key(-1, "the end-of-text id (mask='eos', pooling='index'; -1: none)"),
         )),
         audio=Group("audio encoder: waveform -> log-mel on device -> transformer over patches or cnn", dict(
-            kind=Key("transformer", "'transformer' or 'cnn'", choices=AUDIO_KINDS),
+            kind=Key("transformer", "'transformer', 'cnn' or 'whisper' (Whisper's front end and encoder)",
+                     choices=AUDIO_KINDS),
             n_mels=Key(32, "mel bins", check=positive_int),
             window=Key(256, "STFT window in samples", check=positive_int),
             hop=Key(128, "STFT hop in samples", check=positive_int),
             patch_time=Key(2, "transformer: frames per patch", check=positive_int),
             patch_freq=Key(8, "transformer: mel bins per patch (divides n_mels)", check=positive_int),
-            **_encoder("audio encoder"), **_CNN,
+            **_encoder("audio encoder"), **_CNN, **_tower(),
+            chunk=Key(0, "whisper: samples each waveform is padded or cut to (0: data.audio_samples)",
+                      check=at_least_zero),
+            max_positions=Key(0, "whisper: rows of the position table (0: chunk / hop / 2)", check=at_least_zero),
         )),
     )),
     fusion=Group("fusion core", dict(

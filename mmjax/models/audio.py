@@ -25,6 +25,7 @@ import numpy as np
 from mmjax.contract import hz_to_mel, mel_to_hz
 from mmjax.models import layers
 from mmjax.models.layers import TransformerSpec
+from mmjax.models.whisper import WhisperEncoder
 
 LOG_FLOOR = 1e-6
 # Fixed affine normalisation of log-mel values: silence (log 1e-6 = -13.8) maps to
@@ -206,4 +207,4 @@ class AudioCNN(nn.Module):
         return layers.constrain(x, layers.BLC), mask
 
 
-AUDIO_ENCODERS = {"transformer": AudioTransformer, "cnn": AudioCNN}
+AUDIO_ENCODERS = {"transformer": AudioTransformer, "cnn": AudioCNN, "whisper": WhisperEncoder}

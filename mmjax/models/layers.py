@@ -31,6 +31,23 @@ REMAT_POLICY = {  # config.model.remat (contract.REMAT_POLICIES) -> policy
 BLC = ("act_batch", "act_length", "act_embed")  # the activation between blocks
 
 
+def quick_gelu(x: Array) -> Array:
+    """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# config.model.<modality>.activation: the MLP nonlinearity. 'gelu_tanh' (the tanh
+# approximation, Flax's nn.gelu default) is what every mmjax model used before this
+# option; 'gelu' is the exact erf form (BERT, ViT, Whisper), 'quick_gelu' CLIP's.
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": quick_gelu,
+    "relu": nn.relu,
+}
+DEFAULT_LN_EPS = 1e-6  # Flax's LayerNorm epsilon, used by every model before the option existed
+
+
 def resolve_dtype_name(name: str) -> str:
     """config.model.dtype -> 'float32' | 'bfloat16'; 'auto' is bfloat16 on TPU/GPU (where
     its matmuls run at several times the float32 rate) and float32 on the CPU. The config
@@ -114,9 +131,10 @@ def dense(
     return DenseGeneral(features, tuple(kernel_axes), n_in, use_bias, dtype, weights_only, name=name)
 
 
-def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(dtype: Any, name: str | None = None, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
     """LayerNorm over 'embed' (Flax computes its statistics in at least float32)."""
     return nn.LayerNorm(
+        epsilon=eps,
         dtype=dtype,
         param_dtype=jnp.float32,
         scale_init=boxed(nn.initializers.ones_init(), ("embed",)),
@@ -140,6 +158,11 @@ class TransformerSpec:
     final_norm: bool = True  # LayerNorm after the last block
     attention: str = "dpa"  # 'dpa' | 'einsum' (resolved from config.model.attention)
     unroll: bool = False  # scanned stacks: unroll the loop (same parameters; resolved from config.model.unroll)
+    norm: str = "pre"  # LayerNorm placement: 'pre' (x + f(LN(x))) | 'post' (LN(x + f(x)), BERT)
+    ln_eps: float = DEFAULT_LN_EPS  # epsilon of every LayerNorm in the stack
+    activation: str = "gelu_tanh"  # MLP nonlinearity, a key of ACTIVATIONS
+    attn_bias: bool = True  # biases on the attention's q/k/v/out projections
+    causal: bool = False  # each position attends only to itself and earlier ones (CLIP's text tower)
 
     @classmethod
     def from_config(cls, sub: Any, model: Any, where: str) -> "TransformerSpec":
@@ -159,6 +182,11 @@ class TransformerSpec:
             final_norm=bool(sub.final_norm),
             attention=attention_kind(str(model.attention)),
             unroll=resolve_unroll(str(model.unroll)),
+            norm=str(sub.norm),
+            ln_eps=float(sub.ln_eps),
+            activation=str(sub.activation),
+            attn_bias=bool(sub.attn_bias),
+            causal=bool(sub.causal),
         )
         if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
             raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
@@ -183,6 +211,16 @@ def attention_mask(key_mask: Array, query_mask: Array | None = None) -> Array:
         mask = query_mask.astype(bool)[:, None, :, None] & key_mask[:, None, None, :]
     empty_row = ~jnp.any(mask, axis=-1, keepdims=True)
     return mask | empty_row
+
+
+def causal_mask(length: int, key_mask: Array | None = None) -> Array:
+    """Boolean mask [B or 1, 1, T, T]: query t attends to keys s <= t (that are valid)."""
+    allowed = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+    if key_mask is None:
+        return allowed
+    mask = key_mask.astype(bool)[:, None, None, :] & allowed
+    empty_row = ~jnp.any(mask, axis=-1, keepdims=True)  # as in attention_mask: finite, never read
+    return mask | (empty_row & allowed)
 
 
 # config.model.attention: how the attention core is computed (both give the same numbers).
@@ -228,6 +266,7 @@ class MultiHeadAttention(nn.Module):
     heads: int
     dtype: Any = jnp.float32
     kind: str = "dpa"
+    use_bias: bool = True  # biases on the q/k/v/out projections
 
     @nn.compact
     def __call__(self, x: Array, kv: Array, mask: Array | None) -> Array:
@@ -238,7 +277,7 @@ class MultiHeadAttention(nn.Module):
         heads_act = ("act_batch", "act_length", "act_heads", "act_kv")
 
         def project(name: str, inputs: Array) -> Array:
-            layer = dense((self.heads, head_dim), qkv_axes, dtype=self.dtype, name=name)
+            layer = dense((self.heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=self.use_bias, name=name)
             return constrain(layer(inputs), heads_act)
 
         if x is kv:  # self-attention: one matmul against the three kernels side by side
@@ -250,14 +289,14 @@ class MultiHeadAttention(nn.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = constrain(out, heads_act)
-        return dense(width, ("heads", "kv", "embed"), n_in=2, dtype=self.dtype, name="out")(out)
+        return dense(width, ("heads", "kv", "embed"), n_in=2, dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
 
     def _fused_qkv(self, x: Array, head_dim: int, axes: Axes, heads_act: Axes) -> tuple[Array, Array, Array]:
         """q, k, v [B, T, N, H] from one [D, 3, N, H] matmul. The parameters stay the
         separate 'query', 'key' and 'value' kernels (checkpoints do not change); one
         larger matmul keeps the cores busier than three small ones, forward and backward."""
         weights = [
-            dense((self.heads, head_dim), axes, dtype=self.dtype, weights_only=True, name=n)(x)
+            dense((self.heads, head_dim), axes, dtype=self.dtype, use_bias=self.use_bias, weights_only=True, name=n)(x)
             for n in ("query", "key", "value")
         ]
         kernel = jnp.stack([w for w, _ in weights], axis=1)
@@ -268,24 +307,26 @@ class MultiHeadAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Two-layer GELU MLP, hidden dimension sharded as 'mlp'."""
+    """Two-layer MLP (GELU by default; see ACTIVATIONS), hidden dimension sharded as 'mlp'."""
 
     hidden: int
     dropout: float = 0.0
     deterministic: bool = True
     dtype: Any = jnp.float32
+    activation: str = "gelu_tanh"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         width = x.shape[-1]
         h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
-        h = constrain(nn.gelu(h), ("act_batch", "act_length", "act_mlp"))
+        h = constrain(ACTIVATIONS[self.activation](h), ("act_batch", "act_length", "act_mlp"))
         h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
         return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: x + Attn(LN(x)), then x + MLP(LN(x)).
+    """Pre-LayerNorm block: x + Attn(LN(x)), then x + MLP(LN(x)); with spec.norm='post'
+    (BERT): LN(x + Attn(x)), then LN(x + MLP(x)). The parameters are named alike.
 
     Takes and returns (x, None) and keeps `deterministic` as an attribute so the same
     class works in a Python loop, under nn.remat and as an nn.scan body.
@@ -298,13 +339,18 @@ class TransformerBlock(nn.Module):
     def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
         dtype = compute_dtype(self.spec.dtype)
         drop = nn.Dropout(self.spec.dropout, deterministic=self.deterministic)
+        spec = self.spec
+        attn = MultiHeadAttention(spec.heads, dtype=dtype, kind=spec.attention, use_bias=spec.attn_bias, name="attn")
+        mlp = MLP(spec.mlp, spec.dropout, self.deterministic, dtype, spec.activation, name="mlp")
+        ln_attn, ln_mlp = layer_norm(dtype, "ln_attn", spec.ln_eps), layer_norm(dtype, "ln_mlp", spec.ln_eps)
         x = constrain(x, BLC)
-        h = layer_norm(dtype, "ln_attn")(x)
-        h = MultiHeadAttention(self.spec.heads, dtype=dtype, kind=self.spec.attention, name="attn")(h, h, mask)
-        x = x + drop(h)
-        h = layer_norm(dtype, "ln_mlp")(x)
-        h = MLP(self.spec.mlp, self.spec.dropout, self.deterministic, dtype, name="mlp")(h)
-        x = constrain(x + drop(h), BLC)
+        if spec.norm == "post":
+            x = ln_attn(x + drop(attn(x, x, mask)))
+            x = constrain(ln_mlp(x + drop(mlp(x))), BLC)
+            return x, None
+        h = ln_attn(x)
+        x = x + drop(attn(h, h, mask))
+        x = constrain(x + drop(mlp(ln_mlp(x))), BLC)
         return x, None
 
 
@@ -360,11 +406,14 @@ class TransformerStack(nn.Module):
     def __call__(self, x: Array, key_mask: Array | None = None, *, train: bool) -> Array:
         """x: [B, T, D]; key_mask: [B, T] bool (True = real token) or None."""
         spec = self.spec
-        mask = None if key_mask is None else attention_mask(key_mask)
+        if spec.causal:
+            mask = causal_mask(x.shape[1], key_mask)
+        else:
+            mask = None if key_mask is None else attention_mask(key_mask)
         x = x.astype(compute_dtype(spec.dtype))
         x = repeat_layers(TransformerBlock, spec, spec.depth, x, mask, train=train)
         if self.final_norm:
-            x = layer_norm(compute_dtype(spec.dtype), "ln_final")(x)
+            x = layer_norm(compute_dtype(spec.dtype), "ln_final", spec.ln_eps)(x)
         return constrain(x, BLC)
 
 

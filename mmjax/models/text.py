@@ -13,42 +13,101 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models import layers
+from mmjax.models import layers, pooling
 from mmjax.models.layers import TransformerSpec
 
 PAD_ID = 0  # the contract's padding token
+# config.model.text.mask: which tokens are real (attended to, and valid for the fusion).
+#   'pad'  every id but pad_id (the contract: 0 is padding; BERT's [PAD]);
+#   'eos'  up to and including the first eos_id (CLIP and SigLIP pad with their end token);
+#   'none' every position (SigLIP as trained: no attention mask).
+# (choices: config/schema.py TEXT_MASKS)
+
+
+def first_index(tokens: jax.Array, token_id: int) -> jax.Array:
+    """Position of the first `token_id` in each row of tokens [B, L]; L - 1 where there is none."""
+    hit = tokens == token_id
+    return jnp.where(jnp.any(hit, axis=1), jnp.argmax(hit, axis=1), tokens.shape[1] - 1)
 
 
 class TextTransformer(nn.Module):
-    """Token + position embeddings -> transformer stack; padding is masked in attention."""
+    """Token + position embeddings -> transformer stack; padding is masked in attention.
+
+    The defaults are mmjax's byte-level encoder. The options make it BERT (type_vocab,
+    embed_norm, spec.norm='post', pooling='cls' + pool_dense='tanh'), CLIP's text tower
+    (spec.causal, mask='eos', pooling='index' at the first eos_id) or SigLIP's (pooling='last' +
+    pool_dense='linear'). return_pooled=True also returns the pooled vector.
+    """
 
     spec: TransformerSpec
     vocab_size: int
     max_length: int
     lookup: str = "one_hot"  # TokenEmbedding's: 'one_hot' | 'gather'
+    type_vocab: int = 0  # > 0: token-type embeddings ('type_embed'; batch['text_type'], default type 0)
+    embed_norm: bool = False  # LayerNorm 'ln_embed' on the summed embeddings (BERT)
+    pad_id: int = PAD_ID
+    mask: str = "pad"  # MASKS
+    eos_id: int = -1  # the end token for mask='eos' and pooling='index'
+    pooling: str = "none"  # pooling.POOLS; 'index' pools the first eos_id
+    pool_dense: str = ""
+    pool_norm: bool = False
+    pool_features: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> "TextTransformer":
         """Builds the encoder from config.model.text, config.model and config.data."""
         sub = config.model.text
         vocab, length = _check_vocab(config), int(config.data.text_length)
+        positions = int(sub.max_positions) or length
+        if positions < length:
+            raise ValueError(f"config.model.text.max_positions={positions} is less than "
+                             f"config.data.text_length={length}")
         spec = TransformerSpec.from_config(sub, config.model, "config.model.text")
-        return cls(spec=spec, vocab_size=vocab, max_length=length, lookup=str(sub.lookup))
+        mask, eos_id, pool = str(sub.mask), int(sub.eos_id), str(sub.pooling)
+        pooling.check("config.model.text", pool, str(sub.pool_dense))
+        if (mask == "eos" or pool == "index") and not 0 <= eos_id < vocab:
+            raise ValueError(f"config.model.text.eos_id={eos_id} must be a token id below vocab_size={vocab} "
+                             f"for mask={mask!r}, pooling={pool!r}")
+        return cls(spec=spec, vocab_size=vocab, max_length=positions, lookup=str(sub.lookup),
+                   type_vocab=int(sub.type_vocab), embed_norm=bool(sub.embed_norm),
+                   pad_id=int(sub.pad_id), mask=mask, eos_id=eos_id, pooling=pool,
+                   pool_dense=str(sub.pool_dense), pool_norm=bool(sub.pool_norm),
+                   pool_features=int(sub.pool_features))
+
+    def token_mask(self, tokens: jax.Array) -> jax.Array:
+        """bool [B, L]: the real tokens, by self.mask."""
+        if self.mask == "none":
+            return jnp.ones(tokens.shape, bool)
+        if self.mask == "eos":
+            return jnp.arange(tokens.shape[1])[None, :] <= first_index(tokens, self.eos_id)[:, None]
+        return tokens != self.pad_id
 
     @nn.compact
-    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, batch: Mapping[str, jax.Array], *, train: bool, return_pooled: bool = False):
         tokens = batch["text"]
-        mask = tokens != PAD_ID
+        mask = self.token_mask(tokens)
         dtype = layers.compute_dtype(self.spec.dtype)
         x = layers.TokenEmbedding(self.vocab_size, self.spec.width, dtype, self.lookup, name="token_embed")(tokens)
         x = layers.PositionEmbedding(self.max_length, name="pos_embed")(x)
+        if self.type_vocab:
+            types = batch.get("text_type", jnp.zeros_like(tokens))
+            x = x + layers.TokenEmbedding(self.type_vocab, self.spec.width, dtype, "gather", name="type_embed")(types)
+        if self.embed_norm:
+            x = layers.layer_norm(dtype, "ln_embed", self.spec.ln_eps)(x)
         x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(x, mask, train=train)
-        return x, mask
+        pooled = None
+        if self.pooling != "none":
+            index = first_index(tokens, self.eos_id) if self.pooling == "index" else None
+            pooled = pooling.from_fields(self, self.spec)(x, mask, index)
+        return (x, mask, pooled) if return_pooled else (x, mask)
 
 
 def _check_vocab(config: Any) -> int:
     vocab = int(config.model.text.vocab_size)
-    if vocab < 258:  # byte-level tokens: 256 bytes + padding + reserved
+    if vocab <= 0:
+        raise ValueError(f"config.model.text.vocab_size={vocab} must be positive")
+    pretrained = bool(config.model.text.init_from)  # the checkpoint's own vocabulary
+    if vocab < 258 and not pretrained:  # byte-level tokens: 256 bytes + padding + reserved
         raise ValueError(f"config.model.text.vocab_size={vocab} must be at least 258")
     return vocab
 

@@ -106,7 +106,7 @@ MEAN, STD = [0.48, 0.46, 0.41], [0.27, 0.26, 0.28]
 
 def make_vit(out: str, inputs) -> dict:
     image, _, _ = inputs
-    model = transformers.ViTModel(transformers.ViTConfig(**VISION, layer_norm_eps=1e-12), add_pooling_layer=True)
+    model = transformers.ViTModel(transformers.ViTConfig(**VISION, layer_norm_eps=1e-12), add_pooling_layer=True).eval()
     processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -119,7 +119,7 @@ def make_bert(out: str, inputs) -> dict:
     _, _, texts = inputs
     tokenizer = bert_tokenizer(out)
     config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, type_vocab_size=2, **TEXT)
-    model = transformers.BertModel(config)
+    model = transformers.BertModel(config).eval()  # eval: BERT's dropout is 0.1
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     enc = tokenizer(list(texts), padding="max_length", max_length=16, return_tensors="pt")
@@ -152,7 +152,7 @@ def make_clip(out: str, inputs) -> dict:
         text_config=dict(**TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         vision_config=VISION, projection_dim=24)
-    model = transformers.CLIPModel(config)
+    model = transformers.CLIPModel(config).eval()
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                       image_mean=MEAN, image_std=STD)
     processor = transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -166,7 +166,7 @@ def make_siglip(out: str, inputs) -> dict:
                     eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
         config = transformers.SiglipConfig(text_config=text,
                                            vision_config=VISION)
-        model = transformers.SiglipModel(config)
+        model = transformers.SiglipModel(config).eval()
         with torch.no_grad():  # random bias/scale that are not the init values, so loading them is tested
             model.logit_scale.fill_(2.0)
             model.logit_bias.fill_(-3.0)
@@ -183,7 +183,7 @@ def make_whisper(out: str, inputs) -> dict:
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
         max_source_positions=100, max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
         decoder_start_token_id=1, suppress_tokens=[], begin_suppress_tokens=[])
-    model = transformers.WhisperModel(config)
+    model = transformers.WhisperModel(config).eval()
     extractor = transformers.WhisperFeatureExtractor(feature_size=80, chunk_length=2, sampling_rate=AUDIO_RATE)
     model.save_pretrained(out)
     extractor.save_pretrained(out)

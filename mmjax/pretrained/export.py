@@ -1,4 +1,4 @@
-"""Starting a run from an export, and freezing parts of the model.
+"""Starting a run from an export, and freezing parts of the model (mmjax.pretrained re-exports these).
 
 config.init_from=E (a folder written by `python -m mmjax.export`) replaces the freshly
 initialised parameters with the export's, at step 0 only (a resumed run keeps its
@@ -23,6 +23,7 @@ from flax.core.meta import AxisMetadata
 
 from mmjax import predict as predict_lib
 from mmjax.config import UserError
+from mmjax.pretrained import towers
 
 FROZEN, TRAINED = "frozen", "trained"
 
@@ -78,6 +79,11 @@ def read_export_params(export_dir: str) -> dict[str, np.ndarray]:
 def load_into(state, config):
     """state with config.init_from's parameters (those under config.init_from_prefix) in place
     of the fresh ones, placed with the state's own shardings; unchanged if init_from is ''."""
+    if any(config.model[m].init_from for m in config.modalities):
+        try:
+            state = towers.load_params(state, config)
+        except ValueError as e:
+            raise UserError(f"config.model.<modality>.init_from: {e}") from None
     export_dir = config.init_from
     if not export_dir:
         return state
