@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from mmjax import media
 from mmjax.pretrained import hf, preprocess, towers
 
 
@@ -43,9 +44,7 @@ def model_input(tower: towers.Tower, value: str) -> dict:
         tokenizer = preprocess.Tokenizer(tower.path)
         length = tokenizer.max_length if 0 < tokenizer.max_length <= data["text_length"] else data["text_length"]
         return {"text": jnp.asarray(tokenizer.encode([value], length))}
-    from mmjax.data.decode import load_wav
-
-    wave = load_wav(value, int(data["audio_rate"]))
+    wave = media.load_wav(value, int(data["audio_rate"]))
     return {"audio": jnp.asarray(wave[None]), "audio_length": jnp.asarray([len(wave)], jnp.int32)}
 
 

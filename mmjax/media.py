@@ -66,6 +66,12 @@ def _fit(picture: Image.Image, size: int) -> np.ndarray:
 
 def load_image(path: str, size: int) -> np.ndarray:
     """Decodes an image file -> uint8 [size, size, 3]; raises ValueError if it cannot."""
+    return _fit(open_image(path), size)
+
+
+def open_image(path: str) -> Image.Image:
+    """Decodes an image file (one of IMAGE_FORMATS, at most MAX_PIXELS) into a loaded Pillow
+    image; raises ValueError naming the file if it cannot."""
     try:
         with warnings.catch_warnings():  # Pillow warns over MAX_PIXELS; we refuse instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -76,7 +82,7 @@ def load_image(path: str, size: int) -> np.ndarray:
                 raise ValueError(f"cannot decode image {path!r}: {w}x{h} is over {MAX_PIXELS:,} "
                                  "pixels (a decompression bomb?); shrink it first")
             picture.load()  # decode now: a truncated file fails here, not later
-            return _fit(picture, size)
+            return picture.copy()
     except FileNotFoundError:
         raise ValueError(f"image file {path!r} does not exist") from None
     except UnidentifiedImageError:

@@ -13,10 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.contract import PAD_ID
 from mmjax.models import layers, pooling
 from mmjax.models.layers import TransformerSpec
 
-PAD_ID = 0  # the contract's padding token
 # config.model.text.mask: which tokens are real (attended to, and valid for the fusion).
 #   'pad'  every id but pad_id (the contract: 0 is padding; BERT's [PAD]);
 #   'eos'  up to and including the first eos_id (CLIP and SigLIP pad with their end token);

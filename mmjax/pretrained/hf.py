@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-MODALITIES = ("image", "text", "audio")
+from mmjax.contract import MODALITIES
+from mmjax.pretrained import preprocess
+
 ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu"}
 
@@ -361,8 +363,6 @@ def text_clip_siglip(ck: Checkpoint, scan: bool) -> tuple[dict, dict]:
 
 def _tokenizer_eos(path: str) -> int | None:
     """The end token's id by the folder's tokenizer, or None without a usable one."""
-    from mmjax.pretrained import preprocess
-
     try:
         tokenizer = preprocess.Tokenizer(path)
     except (ValueError, OSError, ImportError):

@@ -17,6 +17,8 @@ import string
 import numpy as np
 from PIL import Image
 
+from mmjax import media
+
 RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
             3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
 
@@ -35,7 +37,7 @@ def resize_shape(height: int, width: int, size: dict) -> tuple[int, int]:
 
 def load_image(path_or_image, processor: dict) -> np.ndarray:
     """An image file (or PIL image) -> uint8 [H, W, 3] as the processor resizes and crops it."""
-    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    image = path_or_image if isinstance(path_or_image, Image.Image) else media.open_image(path_or_image)
     image = image.convert("RGB")
     if processor.get("do_resize", True) and processor.get("size"):
         height, width = resize_shape(image.height, image.width, processor["size"])

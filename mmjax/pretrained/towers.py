@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from mmjax import config as config_lib
+from mmjax.models.multimodal import ENCODERS
 from mmjax.pretrained import bigvision, hf
 
 SOURCES = ("hf:", "bv:")
@@ -80,8 +81,6 @@ class Tower:
 
     @classmethod
     def load(cls, spec: str, modality: str, *, dtype: str = "float32") -> "Tower":
-        from mmjax.models.multimodal import ENCODERS
-
         values, params, path = read(spec, modality)
         config = encoder_config(modality, values, dtype=dtype)
         kind = values["model"]["kind"]
