@@ -87,6 +87,15 @@ def get_config(arg=None):
     c.model.audio = ml_collections.ConfigDict(
         dict(kind="transformer", n_mels=32, window=256, hop=128, patch_time=2, patch_freq=8, **encoder, **cnn)
     )
+    # Audio front end (issue 17; both audio encoders, see mmjax/models/audio.py):
+    # normalize 'fixed' (one global shift/scale) | 'utterance' (each clip's per-bin mean and
+    # overall std over its valid frames) | 'utterance_bins' (per-bin mean and std, CMVN);
+    # spec_*: SpecAugment on the log-mel, training only: that many time masks of up to
+    # spec_time_width of the clip and frequency masks of up to spec_freq_width of the bins.
+    # stem (transformer only): Conv1D stride-2 layers over time instead of patches (0: patches).
+    # Defaults chosen on the digits with a held-out speaker (BUILD.md, "Fusion on real data").
+    c.model.audio.update(dict(normalize="utterance_bins", spec_time_masks=2, spec_time_width=0.15,
+                              spec_freq_masks=2, spec_freq_width=0.15, stem=2))
     # Fusion: 'concat' (pool: 'mean' | 'flatten', then depth Dense(mlp) layers), 'joint',
     # 'bottleneck' (MBT; bottlenecks from layer fusion_layer on) or 'cross' (num_latents).
     c.fusion = ml_collections.ConfigDict(
