@@ -49,4 +49,7 @@ def get_config(arg=None):
     c.model.audio.update(dict(kind="transformer", n_mels=64, window=512, hop=250,
                               patch_time=8, patch_freq=8, depth=2, **layer))
     c.fusion.update(dict(kind="joint", depth=4, modality_embed=False, **{**layer, "final_norm": True}))
+    # The audio front end of the model described above (base.py now defaults to the
+    # issue-17 small-data front end: per-utterance normalisation, SpecAugment, conv stem).
+    c.model.audio.update(dict(stem=0, normalize="fixed", spec_time_masks=0, spec_freq_masks=0))
     return c

@@ -42,4 +42,7 @@ def get_config(arg=None):
     c.model.text.update(**encoder)
     c.model.audio.update(n_mels=128, window=400, hop=160, patch_time=16, patch_freq=16, **encoder)
     c.fusion.update(width=2048, depth=16, heads=16, mlp=8192)
+    # The audio front end of the model described above (base.py now defaults to the
+    # issue-17 small-data front end: per-utterance normalisation, SpecAugment, conv stem).
+    c.model.audio.update(dict(stem=0, normalize="fixed", spec_time_masks=0, spec_freq_masks=0))
     return c

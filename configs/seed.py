@@ -45,4 +45,7 @@ def get_config(arg=None):
     c.model.text.update(dict(kind="lstm", width=64, vocab_size=258, return_sequences=False))
     c.model.audio.update(dict(kind="cnn", channels=(32,), kernel=3, pool=2))
     c.fusion.update(dict(kind="concat", pool="flatten", depth=0))
+    # The audio front end of the model described above (base.py now defaults to the
+    # issue-17 small-data front end: per-utterance normalisation, SpecAugment, conv stem).
+    c.model.audio.update(dict(stem=0, normalize="fixed", spec_time_masks=0, spec_freq_masks=0))
     return c

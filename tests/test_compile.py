@@ -23,7 +23,7 @@ def test_base_config_fits_a_small_slice():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "topology v5e:2x2: 4 x TPU v5 lite, mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in out
-    assert "parameters            303,242" in out
+    assert "parameters            318,922" in out
     assert "FITS" in out and "of 16.00 GiB HBM" in out
     assert "FLOPs / step / device" in out
 

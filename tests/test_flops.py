@@ -37,7 +37,7 @@ def test_bench_config_is_the_reference_model():
 
 
 def test_base_config_keeps_its_parameter_count():
-    assert param_count(load("base.py")) == 303_242
+    assert param_count(load("base.py")) == 318_922
 
 
 def test_one_hot_lookup_counts_as_a_matmul():
