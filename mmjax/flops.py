@@ -64,6 +64,15 @@ def text_encoder(config: Any) -> tuple[int, int, int]:
 
 def audio_encoder(config: Any) -> tuple[int, int, int]:
     sub, samples = config.model.audio, int(config.data.audio_samples)
+    stem = int(sub.stem)
+    if sub.kind == "transformer" and stem:  # Conv1D(kernel 3, stride 2) layers, then the stack
+        frames, width = num_frames(samples, int(sub.hop), 2**stem), int(sub.width)
+        convs, channels = 0, int(sub.n_mels)
+        for i in range(1, stem + 1):
+            convs += 2 * (frames // 2**i) * 3 * channels * width
+            channels = width
+        n = frames // 2**stem
+        return convs + _stack(sub, n), n, width
     if sub.kind == "transformer":
         frames = num_frames(samples, int(sub.hop), int(sub.patch_time))
         n = frames // int(sub.patch_time) * (int(sub.n_mels) // int(sub.patch_freq))

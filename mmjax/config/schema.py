@@ -60,6 +60,10 @@ def fraction(value) -> str | None:
     return None if 0.0 <= value < 1.0 else f"must be in [0, 1), got {value!r}"
 
 
+def unit_interval(value) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"must be in [0, 1], got {value!r}"
+
+
 def mesh_axis(value) -> str | None:
     return None if value == -1 or value >= 1 else f"must be -1 (fill) or >= 1, got {value!r}"
 
@@ -86,6 +90,7 @@ def one_of(choices: tuple) -> Callable[[Any], str | None]:
 IMAGE_KINDS = ("vit", "cnn")
 TEXT_KINDS = ("transformer", "lstm")
 AUDIO_KINDS = ("transformer", "cnn", "whisper")
+AUDIO_NORMALIZE = ("fixed", "utterance", "utterance_bins")  # models/audio.py normalise()
 FUSION_KINDS = ("joint", "concat", "bottleneck", "cross")
 CONCAT_POOLS = ("mean", "flatten")
 TEXT_LOOKUPS = ("one_hot", "gather")
@@ -292,6 +297,17 @@ SCHEMA = Group("the run", dict(
             patch_time=Key(2, "transformer: frames per patch", check=positive_int),
             patch_freq=Key(8, "transformer: mel bins per patch (divides n_mels)", check=positive_int),
             **_encoder("audio encoder"), **_CNN, **_tower(),
+            normalize=Key("fixed", "log-mel normalisation: 'fixed' (one global shift and scale), 'utterance' "
+                                   "(each clip's per-bin mean, overall std) or 'utterance_bins' (per-bin mean and "
+                                   "std); over each clip's valid frames", choices=AUDIO_NORMALIZE),
+            spec_time_masks=Key(0, "SpecAugment (training only): time masks per clip", check=at_least_zero),
+            spec_time_width=Key(0.15, "SpecAugment: a time mask covers up to this fraction of the clip",
+                                check=unit_interval),
+            spec_freq_masks=Key(0, "SpecAugment: frequency masks per clip", check=at_least_zero),
+            spec_freq_width=Key(0.15, "SpecAugment: a frequency mask covers up to this fraction of the bins",
+                                check=unit_interval),
+            stem=Key(0, "transformer: stride-2 Conv1D layers over time instead of patches (0: patches; at most 4)",
+                     check=lambda v: None if 0 <= v <= 4 else f"must be in 0..4, got {v!r}"),
             chunk=Key(0, "whisper: samples each waveform is padded or cut to (0: data.audio_samples)",
                       check=at_least_zero),
             max_positions=Key(0, "whisper: rows of the position table (0: chunk / hop / 2)", check=at_least_zero),

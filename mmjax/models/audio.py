@@ -8,6 +8,21 @@ so that padding never reaches a valid output: samples at or after `audio_length`
 zeroed before framing, frames are not centred (no reflection of the padding), and the
 waveform is zero-extended so every frame, including the frames that pad the time axis
 to a multiple of patch_time, is computed from real or zeroed samples alike.
+
+Front end options shared by both encoders (config.model.audio):
+  normalize   'fixed': one global shift and scale (LOG_MEL_SHIFT/SCALE); 'utterance':
+              each clip's log-mel minus its mean, over its valid frames, of each mel bin,
+              divided by the standard deviation over all its valid cells (removes the
+              speaker's and microphone's spectral tilt and the loudness, keeps the shape
+              of the spectrum); 'utterance_bins': mean and variance per bin (CMVN).
+              Frames from audio_length on are set to 0 after normalising.
+  spec_time_masks / spec_time_width, spec_freq_masks / spec_freq_width: SpecAugment,
+              training only, on the normalised log-mel: that many time masks, each up to
+              time_width of the clip's valid frames, and frequency masks, each up to
+              freq_width of the mel bins, set to 0 (the mean). Drawn from the 'dropout' rng.
+'transformer' with stem > 0: instead of patches, `stem` Conv1D(kernel 3, stride 2, GELU)
+layers over time (mel bins as channels) make one token per 2**stem frames; a small-data
+default with the inductive bias of a CNN.
 """
 from __future__ import annotations
 
@@ -82,10 +97,94 @@ def log_mel(
     return (jnp.log(mel + LOG_FLOOR) + LOG_MEL_SHIFT) / LOG_MEL_SCALE
 
 
-def spectrogram(encoder: Any, wave: jax.Array, lengths: jax.Array, frames: int) -> jax.Array:
-    """log_mel with an encoder's front-end settings (sample_rate, n_mels, window, hop)."""
-    return log_mel(wave, lengths, sample_rate=encoder.sample_rate, n_mels=encoder.n_mels,
-                   window=encoder.window, hop=encoder.hop, frames=frames)
+NORM_EPS = 1e-2  # variance floor, in fixed-normalised units (a near-silent clip stays small)
+
+
+def normalise(mel: jax.Array, valid: jax.Array, mode: str) -> jax.Array:
+    """Per-utterance normalisation of a fixed-normalised log-mel [B, T, M] over its valid
+    frames (valid [B, T]); invalid frames become 0. 'fixed' returns mel unchanged.
+    The modes are the schema's AUDIO_NORMALIZE."""
+    if mode == "fixed":
+        return mel
+    w = valid[..., None].astype(mel.dtype)
+    count = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)  # [B, 1, 1]
+    mean = jnp.sum(mel * w, axis=1, keepdims=True) / count  # per bin
+    centred = (mel - mean) * w
+    if mode == "utterance_bins":
+        var = jnp.sum(centred**2, axis=1, keepdims=True) / count
+    else:
+        var = jnp.sum(centred**2, axis=(1, 2), keepdims=True) / (count * mel.shape[-1])
+    return centred * jax.lax.rsqrt(var + NORM_EPS)
+
+
+def _spans(rng: jax.Array, count: int, max_width: jax.Array, extent: jax.Array, size: int) -> jax.Array:
+    """[B, size] bool: `count` spans per row, each of width uniform in 0..max_width[b]
+    and start uniform so that it ends within extent[b]."""
+    out = jnp.zeros((max_width.shape[0], size), bool)
+    pos = jnp.arange(size)[None, :]
+    for key in jax.random.split(rng, count):
+        k_width, k_start = jax.random.split(key)
+        width = jnp.floor(jax.random.uniform(k_width, max_width.shape) * (jnp.floor(max_width) + 1.0))
+        start = jnp.floor(jax.random.uniform(k_start, max_width.shape) * jnp.maximum(extent - width + 1.0, 1.0))
+        out |= (pos >= start[:, None]) & (pos < (start + width)[:, None])
+    return out
+
+
+def spec_augment(rng: jax.Array, mel: jax.Array, valid_frames: jax.Array, *, time_masks: int,
+                 time_width: float, freq_masks: int, freq_width: float) -> jax.Array:
+    """SpecAugment masks on mel [B, T, M]: `time_masks` spans of up to time_width x the
+    example's valid frames and `freq_masks` bands of up to freq_width x M bins, set to 0."""
+    batch, frames, bins = mel.shape
+    k_time, k_freq = jax.random.split(rng)
+    masked = jnp.zeros(mel.shape, bool)
+    if time_masks and time_width > 0:
+        extent = valid_frames.astype(jnp.float32)
+        masked |= _spans(k_time, time_masks, extent * time_width, extent, frames)[:, :, None]
+    if freq_masks and freq_width > 0:
+        extent = jnp.full((batch,), float(bins))
+        masked |= _spans(k_freq, freq_masks, extent * freq_width, extent, bins)[:, None, :]
+    return jnp.where(masked, 0.0, mel)
+
+
+def spectrogram(encoder: Any, wave: jax.Array, lengths: jax.Array, frames: int, *,
+                train: bool = False) -> jax.Array:
+    """log_mel with an encoder's front-end settings (sample_rate, n_mels, window, hop),
+    normalised (encoder.normalize) and, in training, SpecAugmented (encoder.spec_*)."""
+    mel = log_mel(wave, lengths, sample_rate=encoder.sample_rate, n_mels=encoder.n_mels,
+                  window=encoder.window, hop=encoder.hop, frames=frames)
+    valid = jnp.arange(frames)[None, :] * encoder.hop < lengths[:, None]
+    mel = normalise(mel, valid, encoder.normalize)
+    if train and (encoder.spec_time_masks or encoder.spec_freq_masks):
+        mel = spec_augment(encoder.make_rng("dropout"), mel, jnp.sum(valid, axis=1),
+                           time_masks=encoder.spec_time_masks, time_width=encoder.spec_time_width,
+                           freq_masks=encoder.spec_freq_masks, freq_width=encoder.spec_freq_width)
+    return mel
+
+
+FRONT_END_KEYS = ("normalize", "spec_time_masks", "spec_time_width", "spec_freq_masks", "spec_freq_width")
+
+
+def front_end_config(sub: Any) -> dict:
+    """The front-end fields of config.model.audio (the schema checked them)."""
+    return {k: sub[k] for k in FRONT_END_KEYS}
+
+
+class StemConv(nn.Module):
+    """Conv1D over time (kernel 3, stride 2, one frame of zero padding each side) + GELU."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        kernel = self.param("kernel", layers.boxed(init, (None, None, "embed")),
+                            (3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", layers.boxed(nn.initializers.zeros_init(), ("embed",)),
+                          (self.features,), jnp.float32)
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (2,), ((1, 1),),
+                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        return nn.gelu(y + bias.astype(self.dtype))
 
 
 class AudioTransformer(nn.Module):
@@ -104,6 +203,12 @@ class AudioTransformer(nn.Module):
     hop: int
     patch_time: int
     patch_freq: int
+    stem: int = 0
+    normalize: str = "fixed"
+    spec_time_masks: int = 0
+    spec_time_width: float = 0.0
+    spec_freq_masks: int = 0
+    spec_freq_width: float = 0.0
 
     @classmethod
     def from_config(cls, config: Any) -> "AudioTransformer":
@@ -117,26 +222,48 @@ class AudioTransformer(nn.Module):
                 f"config.model.audio.patch_freq={values['patch_freq']}"
             )
         rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
+        stem = int(sub.stem)
         spec = TransformerSpec.from_config(sub, config.model, "config.model.audio")
-        return cls(spec=spec, sample_rate=rate, max_samples=samples, **values)
+        return cls(spec=spec, sample_rate=rate, max_samples=samples, stem=stem, **values,
+                   **front_end_config(sub))
+
+    def frame_multiple(self) -> int:
+        """The time axis is padded to a multiple of this many frames."""
+        return 2**self.stem if self.stem else self.patch_time
 
     def max_patches(self) -> int:
-        """Length of the position table: patches of a max_samples waveform."""
-        frames = num_frames(self.max_samples, self.hop, self.patch_time)
+        """Length of the position table: tokens of a max_samples waveform."""
+        frames = num_frames(self.max_samples, self.hop, self.frame_multiple())
+        if self.stem:
+            return frames // 2**self.stem
         return frames // self.patch_time * (self.n_mels // self.patch_freq)
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         wave, lengths = batch["audio"], batch["audio_length"]
-        frames = num_frames(wave.shape[1], self.hop, self.patch_time)
-        mel = spectrogram(self, wave, lengths, frames)
+        frames = num_frames(wave.shape[1], self.hop, self.frame_multiple())
+        mel = spectrogram(self, wave, lengths, frames, train=train)
         dtype = layers.compute_dtype(self.spec.dtype)
-        x = einops.rearrange(
-            mel.astype(dtype), "b (t p) (f q) -> b (t f) (p q)", p=self.patch_time, q=self.patch_freq
-        )
-        frame_valid = jnp.arange(0, frames, self.patch_time)[None, :] * self.hop < lengths[:, None]
-        mask = jnp.repeat(frame_valid, self.n_mels // self.patch_freq, axis=1)
-        x = layers.dense(self.spec.width, ("patch", "embed"), dtype=dtype, name="patch_embed")(x)
+        if self.stem:
+            # Token j of layer l starts at frame j * 2**l; positions that start after
+            # audio_length are zeroed after each layer, so that valid tokens see the same
+            # zeros whether the padding is frames or the conv's own zero padding.
+            frame_valid = jnp.arange(frames)[None, :] * self.hop < lengths[:, None]
+            x = jnp.where(frame_valid[..., None], mel, 0.0).astype(dtype)
+            for i in range(self.stem):
+                x = StemConv(self.spec.width, dtype, name=f"stem_{i}")(x)
+                step = 2 ** (i + 1)
+                valid = jnp.arange(0, frames, step)[None, :] * self.hop < lengths[:, None]
+                x = jnp.where(valid[..., None], x, 0)
+            mask = valid
+            x = layers.constrain(x, layers.BLC)
+        else:
+            x = einops.rearrange(
+                mel.astype(dtype), "b (t p) (f q) -> b (t f) (p q)", p=self.patch_time, q=self.patch_freq
+            )
+            frame_valid = jnp.arange(0, frames, self.patch_time)[None, :] * self.hop < lengths[:, None]
+            mask = jnp.repeat(frame_valid, self.n_mels // self.patch_freq, axis=1)
+            x = layers.dense(self.spec.width, ("patch", "embed"), dtype=dtype, name="patch_embed")(x)
         x = layers.PositionEmbedding(self.max_patches(), name="pos_embed")(x)
         x = layers.TransformerStack(self.spec, final_norm=self.spec.final_norm, name="transformer")(x, mask, train=train)
         return x, mask
@@ -165,6 +292,11 @@ class AudioCNN(nn.Module):
     window: int
     hop: int
     dtype: str = "float32"
+    normalize: str = "fixed"
+    spec_time_masks: int = 0
+    spec_time_width: float = 0.0
+    spec_freq_masks: int = 0
+    spec_freq_width: float = 0.0
 
     @classmethod
     def from_config(cls, config: Any) -> "AudioCNN":
@@ -182,7 +314,8 @@ class AudioCNN(nn.Module):
                     f"the spectrogram ({what}) is too small for config.model.audio.channels="
                     f"{channels} with kernel={values['kernel']}, pool={values['pool']}"
                 )
-        return cls(channels=channels, sample_rate=rate, dtype=str(config.model.dtype), **values)
+        return cls(channels=channels, sample_rate=rate, dtype=str(config.model.dtype), **values,
+                   **front_end_config(sub))
 
     def last_frame(self, num_tokens: int) -> np.ndarray:
         """Index of the last spectrogram frame seen by each output time step."""
@@ -195,7 +328,7 @@ class AudioCNN(nn.Module):
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         wave, lengths = batch["audio"], batch["audio_length"]
         frames = frame_count(wave.shape[1], self.hop)
-        mel = spectrogram(self, wave, lengths, frames)
+        mel = spectrogram(self, wave, lengths, frames, train=train)
         dtype = layers.compute_dtype(self.dtype)
         x = mel.astype(dtype)[..., None]
         for i, features in enumerate(self.channels):

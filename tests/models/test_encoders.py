@@ -268,3 +268,80 @@ def test_cnn_config_errors():
     config.model.audio.channels = (4, 4, 4)
     with pytest.raises(ValueError, match=r"too small for config.model.audio.channels=\(4, 4, 4\)"):
         AudioCNN.from_config(config)
+
+
+# ---------------------------------------------------------------- audio front end (issue 17)
+def front_end_config(kind="transformer", **audio):
+    config = conv_config() if kind == "cnn" else tiny_config()
+    config.model.audio.update(audio)
+    return config
+
+
+@pytest.mark.parametrize("normalize", ["utterance", "utterance_bins"])
+def test_audio_stem_and_normalisation_padding_invariance(normalize):
+    """The conv stem with per-utterance normalisation: a token is valid if its first frame
+    starts before audio_length, and valid outputs ignore what follows."""
+    config = front_end_config(stem=2, normalize=normalize)
+    encoder = AudioTransformer.from_config(config)
+    assert encoder.max_patches() == 4  # 16 frames / 2**2
+    variables = encoder.init(jax.random.key(0), batch_for(config, audio_samples=1024), train=False)
+    # tokens start at frames 0, 4, 8, 12: 700 samples -> frames 0, 4, 8 (8 * 64 < 700); 300 -> 0, 4.
+    reference = check_audio_padding_invariance(config, encoder, variables, valid_tokens=[3, 2])
+    assert not np.allclose(reference[0], reference[1])
+
+
+def test_audio_cnn_normalisation_padding_invariance():
+    config = front_end_config("cnn", normalize="utterance")
+    encoder = AudioCNN.from_config(config)
+    variables = random_variables(encoder, batch_for(config, audio_samples=1024), train=False)
+    check_audio_padding_invariance(config, encoder, variables, valid_tokens=[28, 7])
+
+
+def test_utterance_normalisation_statistics_and_gain():
+    """'utterance': zero mean per bin and unit variance over the valid cells; a gain (a
+    constant shift of the log-mel) changes nothing; invalid frames are 0."""
+    rng = np.random.default_rng(0)
+    mel = jnp.asarray(rng.normal(size=(2, 10, 4)), jnp.float32)
+    valid = jnp.arange(10)[None, :] < jnp.array([[7], [3]])
+    for mode in ("utterance", "utterance_bins"):
+        out = np.asarray(audio_lib.normalise(mel, valid, mode))
+        shifted = np.asarray(audio_lib.normalise(mel + 3.0, valid, mode))
+        np.testing.assert_allclose(out, shifted, atol=1e-5)
+        for b, n in enumerate((7, 3)):
+            np.testing.assert_allclose(out[b, :n].mean(0), 0.0, atol=1e-5)
+            std = out[b, :n].std(0) if mode == "utterance_bins" else out[b, :n].std()
+            np.testing.assert_allclose(std, 1.0, rtol=0.02)  # NORM_EPS floors the variance
+            assert not out[b, n:].any()
+    np.testing.assert_array_equal(audio_lib.normalise(mel, valid, "fixed"), mel)
+
+
+def test_spec_augment_masks_only_in_training_and_only_valid_frames():
+    config = front_end_config(stem=2, normalize="utterance", spec_time_masks=2, spec_time_width=0.3,
+                              spec_freq_masks=2, spec_freq_width=0.3)
+    plain = AudioTransformer.from_config(front_end_config(stem=2, normalize="utterance"))
+    encoder = AudioTransformer.from_config(config)
+    batch = batch_for(config, audio_samples=1024)
+    variables = encoder.init(jax.random.key(0), batch, train=False)
+    np.testing.assert_array_equal(encoder.apply(variables, batch, train=False)[0],
+                                  plain.apply(variables, batch, train=False)[0])
+    mel = jnp.ones((64, 16, 16))
+    valid_frames = jnp.full((64,), 10)
+    out = np.asarray(audio_lib.spec_augment(jax.random.key(1), mel, valid_frames, time_masks=2,
+                                            time_width=0.3, freq_masks=2, freq_width=0.3))
+    time_masked = (out == 0).all(axis=2)  # [B, T]: whole frames set to 0
+    freq_masked = (out == 0).all(axis=1)  # [B, M]: whole bins set to 0
+    assert time_masked[:, :10].any() and not time_masked[:, 10:].any()
+    assert time_masked.sum(1).max() <= 2 * 3 and freq_masked.sum(1).max() <= 2 * 4
+    assert freq_masked.any() and 0.0 < (out == 0).mean() < 0.5
+    train_out = encoder.apply(variables, batch, train=True, rngs={"dropout": jax.random.key(2)})[0]
+    assert not np.allclose(train_out, plain.apply(variables, batch, train=False)[0])
+
+
+def test_front_end_config_errors():
+    for key, value, message in (("normalize", "global", "normalize: 'global' is not one of"),
+                                ("spec_time_width", 1.5, "spec_time_width: must be in \\[0, 1\\]"),
+                                ("stem", 7, "stem: must be in 0..4")):
+        config = config_lib.defaults()
+        config.model.audio[key] = value
+        with pytest.raises(config_lib.UserError, match=f"config.model.audio.{message}"):
+            config_lib.validate(config)
