@@ -119,7 +119,8 @@ POOL_DENSES = ("", "tanh", "linear")
 TEXT_MASKS = ("pad", "eos", "none")
 
 
-def _tower() -> dict[str, Key]:
+def _stack_options() -> dict[str, Key]:
+    """How each block of a transformer stack is built (modality towers and the fusion core)."""
     return dict(
         norm=Key("pre", "LayerNorm placement: 'pre' (x + f(LN(x))) or 'post' (LN(x + f(x)), BERT)",
                  choices=NORM_PLACEMENTS),
@@ -128,6 +129,12 @@ def _tower() -> dict[str, Key]:
         activation=Key("gelu_tanh", "MLP nonlinearity", choices=ACTIVATIONS),
         attn_bias=Key(True, "biases on the attention's q/k/v/out projections"),
         causal=Key(False, "causal self-attention (CLIP's text tower)"),
+    )
+
+
+def _tower() -> dict[str, Key]:
+    return dict(
+        **_stack_options(),
         init_from=Key("", "pretrained tower: 'hf:DIR' (a transformers folder) or 'bv:FILE.npz' (big_vision); "
                           "its architecture overrides these keys"),
     )
@@ -318,6 +325,7 @@ SCHEMA = Group("the run", dict(
                  choices=FUSION_KINDS),
         **{**_encoder("fusion core"), "depth": Key(2, "transformer layers (concat: Dense layers)",
                                                     check=at_least_zero)},
+        **_stack_options(),
         pool=Key("mean", "concat: 'mean' or 'flatten' each modality's tokens", choices=CONCAT_POOLS),
         fusion_layer=Key(0, "bottleneck: layer from which the modalities share bottleneck tokens",
                          check=at_least_zero),
