@@ -126,6 +126,7 @@ def test_spec_validation_messages():
     """How the keys fit together is checked here; each key alone by the config schema."""
     class Sub:
         width, depth, heads, mlp, final_norm = 10, 1, 4, 8, True
+        norm, ln_eps, activation, attn_bias, causal = "pre", 1e-6, "gelu_tanh", True, False
 
     class Model:
         dropout, dtype, remat, scan, attention, unroll = 0.0, "float32", "none", False, "auto", "auto"

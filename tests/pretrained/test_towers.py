@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax import export, sharding, train
+from mmjax import export, sharding, train, trainer
 from mmjax.models.multimodal import build_model
 from mmjax.pretrained import hf, towers
 from parity import fixture
@@ -39,9 +39,9 @@ def test_params_go_onto_the_sharded_state(tiny_config):
                          mesh__fsdp=2, mesh__data=-1)
     towers.configure(config)
     model = build_model(config, 10)
-    tx, _ = train.make_optimizer(config)
+    tx, _ = trainer.make_optimizer(config)
     mesh = sharding.make_mesh(config.mesh)
-    _, _, init_fn = train.sharded_state_shapes(model, tx, train.batch_shapes(config, config.batch_size), mesh)
+    _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
     state = init_fn(jax.random.key(0))
     loaded = towers.load_params(state, config)
     # data.image_size 16 (the synthetic data's) against the checkpoint's 32: positions interpolated.
