@@ -15,11 +15,16 @@ Text and audio lengths are fixed at the run's data.text_length and data.audio_sa
 encoders' learned position tables have that many rows, so the predictor pads and cuts inputs
 exactly as the training pipeline did (padding is masked inside the model). The folder is
 written under a temporary name and renamed when complete.
+
+LoRA adapters (config.model.<modality>.lora_rank > 0) are merged into their base kernels,
+W' = W + (lora_alpha / lora_rank) A B: the export holds no lora_* parameters, its config has
+lora_rank=0, and it predicts what the run's model with adapters does.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -38,6 +43,7 @@ from mmjax import sharding, trainer
 from mmjax.config import UserError, cli
 from mmjax.contract import EXPORT_DTYPES, presence_key
 from mmjax.data import sources
+from mmjax.models.layers import LORA_PARAMS, lora_scale, merge_lora
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -62,6 +68,33 @@ def unflatten_params(flat: dict) -> dict:
             node = node.setdefault(key, {})
         node[leaf] = value
     return tree
+
+
+def merge_adapters(flat: dict[str, np.ndarray], config) -> tuple[dict[str, np.ndarray], object, dict]:
+    """(flat params with every LoRA adapter merged into its kernel and removed, a copy of
+    config with lora_rank=0 on those towers, {modality: its lora settings} of what was merged).
+    Unchanged (the same config) when no tower has adapters."""
+    towers = [m for m in config.modalities if config.model[m].lora_rank > 0]
+    if not towers:
+        return flat, config, {}
+    flat, merged = dict(flat), {}
+    for m in towers:
+        tower = config.model[m]
+        scale = lora_scale(tower.lora_rank, tower.lora_alpha)
+        for name in sorted(n for n in flat if n.startswith(f"{m}/") and n.endswith("/lora_a")):
+            base = name[: -len("lora_a")]
+            kernel = np.asarray(flat[base + "kernel"], np.float32)
+            a, b = (np.asarray(flat.pop(base + p), np.float32) for p in LORA_PARAMS)
+            flat[base + "kernel"] = merge_lora(kernel, a, b, scale).astype(flat[base + "kernel"].dtype)
+        merged[m] = {"rank": int(tower.lora_rank), "alpha": float(tower.lora_alpha),
+                     "targets": list(tower.lora_targets)}
+    left = [n for n in flat if n.rsplit("/", 1)[-1] in LORA_PARAMS]
+    if left:
+        raise ValueError(f"LoRA parameter {left[0]!r} was not merged (its tower has lora_rank=0?)")
+    config = copy.deepcopy(config)
+    for m in towers:
+        config.model[m].lora_rank = 0
+    return flat, config, merged
 
 
 # ---------------------------------------------------------------- restoring a run
@@ -199,7 +232,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
             raise UserError(f"--out={out} already holds an export; pass --overwrite to replace it")
     config, params, step, meta = restore_params(workdir, step)
     class_names = _class_names(config, meta)
-    flat = flatten_params(params)
+    flat, config, merged = merge_adapters(flatten_params(params), config)
     if dtype == "bfloat16":
         flat = {k: v.astype(jnp.bfloat16) for k, v in flat.items()}
     function = export_function(config, len(class_names), flat, platforms=platforms)
@@ -216,6 +249,8 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
             tokenizer_file = predict_lib.TOKENIZER_FILE
             shutil.copyfile(config.data.tokenizer, os.path.join(tmp, tokenizer_file))
         spec = _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file)
+        if merged:
+            spec["source"]["lora_merged"] = merged
         predict_lib.write_safetensors(os.path.join(tmp, predict_lib.PARAMS_FILE), flat,
                                       {"format": predict_lib.FORMAT, "step": step})
         with open(os.path.join(tmp, predict_lib.FUNCTION_FILE), "wb") as f:

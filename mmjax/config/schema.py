@@ -97,6 +97,8 @@ TEXT_LOOKUPS = ("one_hot", "gather")
 ATTENTION_KINDS = ("auto", "dpa", "einsum")
 UNROLL_CHOICES = ("auto", "yes", "no")
 SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression")
+LORA_TARGETS = ("q", "k", "v", "o", "mlp")  # models/layers.py LORA_LAYERS
+LORA_KINDS = {"image": ("vit",), "text": ("transformer",), "audio": ("transformer", "whisper")}  # kinds with adapters
 
 
 def _encoder(width: str) -> dict[str, Key]:
@@ -137,6 +139,11 @@ def _tower() -> dict[str, Key]:
         **_stack_options(),
         init_from=Key("", "pretrained tower: 'hf:DIR' (a transformers folder) or 'bv:FILE.npz' (big_vision); "
                           "its architecture overrides these keys"),
+        lora_rank=Key(0, "LoRA adapters of this rank on the transformer's lora_targets (0: none; "
+                         "trained even when config.frozen holds the tower)", check=at_least_zero),
+        lora_alpha=Key(16.0, "LoRA scale numerator: an adapter adds (lora_alpha / lora_rank) * x A B", check=positive),
+        lora_targets=Key(("q", "v"), "projections that get adapters: q, k, v, o (attention) and mlp (fc1, fc2)",
+                         choices=LORA_TARGETS),
     )
 
 
@@ -464,6 +471,14 @@ def _check_across_keys(config) -> None:
             _fail("loss.task", "'none' with config.loss.contrastive 'none' leaves nothing to train")
         if config.eval_without or any(e.kind == "without_modality" for e in config.evals.values()):
             _fail("eval_without", "needs a task loss (config.loss.task is 'none')")
+    for m in config.modalities:
+        tower = config.model[m]
+        if tower.lora_rank > 0:
+            if tower.kind not in LORA_KINDS[m]:
+                _fail(f"model.{m}.lora_rank", f"adapters need a transformer tower (kind {' or '.join(LORA_KINDS[m])}), "
+                      f"not kind={tower.kind!r}")
+            if not tower.lora_targets:
+                _fail(f"model.{m}.lora_targets", "is empty but lora_rank > 0; name at least one projection")
     check_modalities_fit(config)
 
 

@@ -223,7 +223,7 @@ class AudioTransformer(nn.Module):
             )
         rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
         stem = int(sub.stem)
-        spec = TransformerSpec.from_config(sub, config.model, "config.model.audio")
+        spec = TransformerSpec.from_config(sub, config.model, "config.model.audio", lora=True)
         return cls(spec=spec, sample_rate=rate, max_samples=samples, stem=stem, **values,
                    **front_end_config(sub))
 

@@ -58,7 +58,7 @@ class ViTEncoder(nn.Module):
                 f"config.data.image_size={size} must be a multiple of "
                 f"config.model.image.patch={patch}"
             )
-        spec = TransformerSpec.from_config(sub, config.model, "config.model.image")
+        spec = TransformerSpec.from_config(sub, config.model, "config.model.image", lora=True)
         mean, std = tuple(sub.pixel_mean), tuple(sub.pixel_std)
         if bool(mean) != bool(std) or (mean and (len(mean) != 3 or len(std) != 3 or min(std) <= 0)):
             raise ValueError(f"config.model.image.pixel_mean={mean} and pixel_std={std} must both be () "

@@ -30,6 +30,30 @@ REMAT_POLICY = {  # config.model.remat (contract.REMAT_POLICIES) -> policy
 
 BLC = ("act_batch", "act_length", "act_embed")  # the activation between blocks
 
+# LoRA (config.model.<modality>.lora_rank / lora_alpha / lora_targets): a DenseGeneral with
+# lora_rank > 0 adds (lora_alpha / lora_rank) * (x A) B to x W, with parameters 'lora_a'
+# [in..., rank] (random, like a kernel) and 'lora_b' [rank, out...] (zeros: the model at
+# init is the base model). The rank axis has no logical name (it is small; replicated).
+LORA_PARAMS = ("lora_a", "lora_b")
+LORA_LAYERS = {"query": "q", "key": "k", "value": "v", "out": "o", "fc1": "mlp", "fc2": "mlp"}  # layer -> target
+
+
+def lora_scale(rank: int, alpha: float) -> float:
+    """The adapter's multiplier alpha / rank (the LoRA paper's: changing the rank keeps the
+    update's size, so lora_alpha need not be retuned)."""
+    return float(alpha) / int(rank)
+
+
+def merge_lora(kernel, lora_a, lora_b, scale: float):
+    """kernel + scale * A B, for numpy or jax arrays: kernel [lead..., in..., out...], lora_a
+    [lead..., in..., r], lora_b [lead..., r, out...] (lead: the 'layers' axis of a scanned
+    stack, or none). Returns the kernel dtype."""
+    lead = lora_a.ndim + lora_b.ndim - 2 - kernel.ndim
+    rank = lora_a.shape[-1]
+    a = lora_a.reshape(*lora_a.shape[:lead], -1, rank)
+    b = lora_b.reshape(*lora_b.shape[:lead], rank, -1)
+    return (kernel + scale * (a @ b).reshape(kernel.shape)).astype(kernel.dtype)
+
 
 def quick_gelu(x: Array) -> Array:
     """x * sigmoid(1.702 x): the GELU approximation CLIP was trained with."""
@@ -88,6 +112,8 @@ class DenseGeneral(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     weights_only: bool = False  # return (kernel, bias or None) in dtype instead of applying them
+    lora_rank: int = 0  # > 0: a LoRA adapter of this rank (see LORA_PARAMS)
+    lora_alpha: float = 16.0
 
     @nn.compact
     def __call__(self, x: Array) -> Array | tuple[Array, Array | None]:
@@ -109,11 +135,29 @@ class DenseGeneral(nn.Module):
                 tuple(self.features),
                 jnp.float32,
             ).astype(self.dtype)
+        lora = self._lora(in_shape) if self.lora_rank else None
         if self.weights_only:
+            if lora is not None:  # the effective kernel; gradients reach A and B through it
+                kernel = merge_lora(kernel, *lora, lora_scale(self.lora_rank, self.lora_alpha))
             return kernel.astype(self.dtype), bias
         contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+        x = x.astype(self.dtype)
+        y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
+        if lora is not None:
+            a, b = (w.astype(self.dtype) for w in lora)
+            low = jax.lax.dot_general(x, a, (contract, ((), ()))) * lora_scale(self.lora_rank, self.lora_alpha)
+            y = y + jax.lax.dot_general(low.astype(self.dtype), b, (((low.ndim - 1,), (0,)), ((), ())))
         return y if bias is None else y + bias
+
+    def _lora(self, in_shape: tuple[int, ...]) -> tuple[Array, Array]:
+        """The adapter's A [in..., rank] (LeCun normal over the input dims) and B [rank, out...]
+        (zeros), named like the kernel's input / output dims with an unnamed rank axis."""
+        n_in, rank = self.n_in, int(self.lora_rank)
+        init_a = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=n_in)
+        a = self.param("lora_a", boxed(init_a, self.kernel_axes[:n_in] + (None,)), in_shape + (rank,), jnp.float32)
+        b = self.param("lora_b", boxed(nn.initializers.zeros_init(), (None,) + self.kernel_axes[n_in:]),
+                       (rank,) + tuple(self.features), jnp.float32)
+        return a, b
 
 
 def dense(
@@ -124,11 +168,14 @@ def dense(
     n_in: int = 1,
     use_bias: bool = True,
     weights_only: bool = False,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
     name: str | None = None,
 ) -> DenseGeneral:
     """A DenseGeneral layer; `features` may be one int or a tuple of output dims."""
     features = (features,) if isinstance(features, int) else tuple(features)
-    return DenseGeneral(features, tuple(kernel_axes), n_in, use_bias, dtype, weights_only, name=name)
+    return DenseGeneral(features, tuple(kernel_axes), n_in, use_bias, dtype, weights_only,
+                        lora_rank=lora_rank, lora_alpha=lora_alpha, name=name)
 
 
 def layer_norm(dtype: Any, name: str | None = None, eps: float = DEFAULT_LN_EPS) -> nn.LayerNorm:
@@ -163,13 +210,21 @@ class TransformerSpec:
     activation: str = "gelu_tanh"  # MLP nonlinearity, a key of ACTIVATIONS
     attn_bias: bool = True  # biases on the attention's q/k/v/out projections
     causal: bool = False  # each position attends only to itself and earlier ones (CLIP's text tower)
+    lora_rank: int = 0  # LoRA adapters (0: none) on the projections lora_targets names (LORA_LAYERS)
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, sub: Any, model: Any, where: str) -> "TransformerSpec":
+    def from_config(cls, sub: Any, model: Any, where: str, *, lora: bool = False) -> "TransformerSpec":
         """Reads width/depth/heads/mlp/final_norm from `sub` (e.g. config.model.image) and
         dropout/dtype/remat/scan/attention/unroll from `model` (config.model); `where` names
-        `sub` in error messages. The schema checked each key; this checks that they fit
-        together as a transformer."""
+        `sub` in error messages. lora=True (the modality towers, whose `sub` has the keys)
+        also reads lora_rank/lora_alpha/lora_targets. The schema checked each key; this
+        checks that they fit together as a transformer."""
+        adapters = {}
+        if lora and int(sub.lora_rank) > 0:
+            adapters = dict(lora_rank=int(sub.lora_rank), lora_alpha=float(sub.lora_alpha),
+                            lora_targets=tuple(str(t) for t in sub.lora_targets))
         spec = cls(
             width=int(sub.width),
             depth=int(sub.depth),
@@ -187,6 +242,7 @@ class TransformerSpec:
             activation=str(sub.activation),
             attn_bias=bool(sub.attn_bias),
             causal=bool(sub.causal),
+            **adapters,
         )
         if spec.width <= 0 or spec.depth <= 0 or spec.heads <= 0 or spec.mlp <= 0:
             raise ValueError(f"{where}: width, depth, heads and mlp must be positive")
@@ -267,6 +323,12 @@ class MultiHeadAttention(nn.Module):
     dtype: Any = jnp.float32
     kind: str = "dpa"
     use_bias: bool = True  # biases on the q/k/v/out projections
+    lora_rank: int = 0  # adapters on the projections lora_targets names ('q', 'k', 'v', 'o')
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ()
+
+    def _rank(self, name: str) -> int:
+        return self.lora_rank if LORA_LAYERS[name] in self.lora_targets else 0
 
     @nn.compact
     def __call__(self, x: Array, kv: Array, mask: Array | None) -> Array:
@@ -277,7 +339,8 @@ class MultiHeadAttention(nn.Module):
         heads_act = ("act_batch", "act_length", "act_heads", "act_kv")
 
         def project(name: str, inputs: Array) -> Array:
-            layer = dense((self.heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=self.use_bias, name=name)
+            layer = dense((self.heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=self.use_bias,
+                          lora_rank=self._rank(name), lora_alpha=self.lora_alpha, name=name)
             return constrain(layer(inputs), heads_act)
 
         if x is kv:  # self-attention: one matmul against the three kernels side by side
@@ -289,14 +352,16 @@ class MultiHeadAttention(nn.Module):
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask)
         out = constrain(out, heads_act)
-        return dense(width, ("heads", "kv", "embed"), n_in=2, dtype=self.dtype, use_bias=self.use_bias, name="out")(out)
+        return dense(width, ("heads", "kv", "embed"), n_in=2, dtype=self.dtype, use_bias=self.use_bias,
+                     lora_rank=self._rank("out"), lora_alpha=self.lora_alpha, name="out")(out)
 
     def _fused_qkv(self, x: Array, head_dim: int, axes: Axes, heads_act: Axes) -> tuple[Array, Array, Array]:
         """q, k, v [B, T, N, H] from one [D, 3, N, H] matmul. The parameters stay the
         separate 'query', 'key' and 'value' kernels (checkpoints do not change); one
         larger matmul keeps the cores busier than three small ones, forward and backward."""
         weights = [
-            dense((self.heads, head_dim), axes, dtype=self.dtype, use_bias=self.use_bias, weights_only=True, name=n)(x)
+            dense((self.heads, head_dim), axes, dtype=self.dtype, use_bias=self.use_bias, weights_only=True,
+                  lora_rank=self._rank(n), lora_alpha=self.lora_alpha, name=n)(x)
             for n in ("query", "key", "value")
         ]
         kernel = jnp.stack([w for w, _ in weights], axis=1)
@@ -314,14 +379,17 @@ class MLP(nn.Module):
     deterministic: bool = True
     dtype: Any = jnp.float32
     activation: str = "gelu_tanh"
+    lora_rank: int = 0  # adapters on fc1 and fc2 (the caller passes 0 unless 'mlp' is a target)
+    lora_alpha: float = 16.0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         width = x.shape[-1]
-        h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+        lora = dict(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha)
+        h = dense(self.hidden, ("embed", "mlp"), dtype=self.dtype, name="fc1", **lora)(x)
         h = constrain(ACTIVATIONS[self.activation](h), ("act_batch", "act_length", "act_mlp"))
         h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-        return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+        return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2", **lora)(h)
 
 
 class TransformerBlock(nn.Module):
@@ -340,8 +408,12 @@ class TransformerBlock(nn.Module):
         dtype = compute_dtype(self.spec.dtype)
         drop = nn.Dropout(self.spec.dropout, deterministic=self.deterministic)
         spec = self.spec
-        attn = MultiHeadAttention(spec.heads, dtype=dtype, kind=spec.attention, use_bias=spec.attn_bias, name="attn")
-        mlp = MLP(spec.mlp, spec.dropout, self.deterministic, dtype, spec.activation, name="mlp")
+        attn = MultiHeadAttention(spec.heads, dtype=dtype, kind=spec.attention, use_bias=spec.attn_bias,
+                                  lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
+                                  lora_targets=spec.lora_targets, name="attn")
+        mlp_rank = spec.lora_rank if "mlp" in spec.lora_targets else 0
+        mlp = MLP(spec.mlp, spec.dropout, self.deterministic, dtype, spec.activation,
+                  lora_rank=mlp_rank, lora_alpha=spec.lora_alpha, name="mlp")
         ln_attn, ln_mlp = layer_norm(dtype, "ln_attn", spec.ln_eps), layer_norm(dtype, "ln_mlp", spec.ln_eps)
         x = constrain(x, BLC)
         if spec.norm == "post":

@@ -62,7 +62,7 @@ class TextTransformer(nn.Module):
         if positions < length:
             raise ValueError(f"config.model.text.max_positions={positions} is less than "
                              f"config.data.text_length={length}")
-        spec = TransformerSpec.from_config(sub, config.model, "config.model.text")
+        spec = TransformerSpec.from_config(sub, config.model, "config.model.text", lora=True)
         mask, eos_id, pool = str(sub.mask), int(sub.eos_id), str(sub.pooling)
         pooling.check("config.model.text", pool, str(sub.pool_dense))
         if (mask == "eos" or pool == "index") and not 0 <= eos_id < vocab:

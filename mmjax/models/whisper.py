@@ -138,7 +138,7 @@ class WhisperEncoder(nn.Module):
         if positions < needed:
             raise ValueError(f"config.model.audio.max_positions={positions} is less than the {needed} tokens of a "
                              f"{chunk}-sample chunk")
-        spec = TransformerSpec.from_config(sub, config.model, "config.model.audio")
+        spec = TransformerSpec.from_config(sub, config.model, "config.model.audio", lora=True)
         return cls(spec=spec, sample_rate=int(config.data.audio_rate), n_mels=values["n_mels"],
                    n_fft=values["window"], hop=values["hop"], chunk=chunk, max_positions=positions)
 

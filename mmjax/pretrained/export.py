@@ -5,7 +5,10 @@ initialised parameters with the export's, at step 0 only (a resumed run keeps it
 checkpoint). config.init_from_prefix limits that to one sub-tree, such as 'image' (the
 image encoder); '' loads every parameter. config.frozen lists parameter-path prefixes
 ('image', 'text/pos_embed', ...) whose parameters never change: the optimizer gives them
-zero updates and keeps no state (no Adam moments) for them.
+zero updates and keeps no state (no Adam moments) for them, except LoRA adapters
+('.../lora_a', '.../lora_b'; config.model.<modality>.lora_rank): a frozen prefix above them
+freezes the base weights only, so frozen=('image',) with model.image.lora_rank=8 trains just
+the image tower's adapters. A prefix that itself names an adapter freezes it.
 
 Parameter paths are the export's names: '/'-joined keys of the parameter tree, e.g.
 'image/patch_embed/kernel'. A prefix matches whole path components.
@@ -23,6 +26,7 @@ from flax.core.meta import AxisMetadata
 
 from mmjax import predict as predict_lib
 from mmjax.config import UserError
+from mmjax.models.layers import LORA_PARAMS
 from mmjax.pretrained import towers
 
 FROZEN, TRAINED = "frozen", "trained"
@@ -35,6 +39,17 @@ def param_name(path) -> str:
 
 def matches(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(prefix.rstrip("/") + "/")
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter path ('image/.../attn/query/lora_a') is a LoRA adapter's."""
+    return name.rsplit("/", 1)[-1] in LORA_PARAMS
+
+
+def freezes(name: str, prefix: str) -> bool:
+    """Whether config.frozen's `prefix` freezes parameter `name`: it matches, and an adapter
+    is frozen only by a prefix that reaches it (ends in lora_a or lora_b)."""
+    return matches(name, prefix) and (not is_adapter(name) or is_adapter(prefix.rstrip("/")))
 
 
 def _top_names(names) -> str:
@@ -52,7 +67,7 @@ def frozen_labels(params, prefixes: Sequence[str]):
     # A boxed parameter (init time: nn.LogicallyPartitioned) gets one label for the whole box,
     # so the optimizer state holds a bare MaskedNode there, not a box around one.
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: FROZEN if any(matches(param_name(p), f) for f in prefixes) else TRAINED, params,
+        lambda p, _: FROZEN if any(freezes(param_name(p), f) for f in prefixes) else TRAINED, params,
         is_leaf=lambda x: isinstance(x, AxisMetadata))
 
 
@@ -103,7 +118,8 @@ def load_into(state, config):
             raise UserError(f"config.init_from: parameter {name!r} has shape {list(value.shape)} in "
                             f"{export_dir} but {list(leaves[name].shape)} in this model; use the "
                             "export's model config for that part or narrow config.init_from_prefix")
-    missing = sorted(n for n in leaves if matches(n, prefix) and n not in chosen)
+    # LoRA adapters a (merged, adapter-free) export lacks keep their fresh init (B = 0).
+    missing = sorted(n for n in leaves if matches(n, prefix) and n not in chosen and not is_adapter(n))
     if missing:
         raise UserError(f"config.init_from: this model's parameter {missing[0]!r} is not in "
                         f"{export_dir}; narrow config.init_from_prefix")

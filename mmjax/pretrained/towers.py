@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from mmjax import config as config_lib
+from mmjax.models.layers import LORA_PARAMS
 from mmjax.models.multimodal import ENCODERS
 from mmjax.pretrained import bigvision, hf
 
@@ -139,11 +140,17 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _is_adapter(path) -> bool:
+    last = path[-1]
+    return isinstance(last, jax.tree_util.DictKey) and last.key in LORA_PARAMS
+
+
 def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
     """state with each init_from tower's parameters (state.params[<modality>]) replaced by
     the checkpoint's, each placed with its leaf's own sharding (every device takes its shard
     of the host copy; nothing is gathered). The model's tower subtree and the checkpoint's
-    must have the same names and shapes (ValueError naming the first that differs)."""
+    must have the same names and shapes (ValueError naming the first that differs); LoRA
+    adapters (lora_a / lora_b, not in any checkpoint) keep their init."""
     params = dict(state.params)
     for modality in config.modalities:
         spec = str(config.model[modality].init_from)
@@ -151,7 +158,8 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
             continue
         image_size = int(config.data.image_size) if modality == "image" else None
         _, loaded, _ = read(spec, modality, scan=bool(config.model.scan), image_size=image_size)
-        ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params[modality])}
+        ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params[modality])
+                if not _is_adapter(p)}
         theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
         for name in sorted(set(ours) | set(theirs)):
             if name not in theirs or name not in ours:
@@ -161,9 +169,11 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
                 raise ValueError(f"{spec}: {modality} parameter {name} has shape {list(theirs[name].shape)} there but "
                                  f"{list(ours[name].shape)} in this model")
 
-        def place(leaf, value):
-            value = np.asarray(value).astype(leaf.dtype)
+        def place(path, leaf):
+            if _is_adapter(path):
+                return leaf
+            value = np.asarray(theirs[jax.tree_util.keystr(path)]).astype(leaf.dtype)
             return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
 
-        params[modality] = jax.tree_util.tree_map(place, params[modality], loaded)
+        params[modality] = jax.tree_util.tree_map_with_path(place, params[modality])
     return state.replace(params=params)

@@ -55,6 +55,26 @@ def test_params_go_onto_the_sharded_state(tiny_config):
         assert a.sharding == b.sharding
 
 
+def test_a_lora_tower_loads_the_checkpoint_and_keeps_its_adapters(tiny_config):
+    config = tiny_config(modalities="('image','text')", model__image__depth=2, model__image__init_from=VIT,
+                         model__image__lora_rank=2)
+    towers.configure(config)
+    model = build_model(config, 10)
+    tx, _ = trainer.make_optimizer(config)
+    mesh = sharding.make_mesh(config.mesh)
+    _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
+    state = init_fn(jax.random.key(0))
+    got, fresh = _flat(towers.load_params(state, config).params["image"]), _flat(state.params["image"])
+    _, want = hf.load(fixture("vit"), "image", scan=True, image_size=16)
+    want = _flat(want)
+    adapters = [n for n in got if "lora_" in n]
+    assert adapters and set(got) == set(want) | set(adapters)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    for name in adapters:
+        np.testing.assert_array_equal(got[name], fresh[name])
+
+
 def test_a_run_with_a_frozen_pretrained_tower_trains(tiny_config, tmp_path):
     config = tiny_config(modalities="('image','text')", model__image__depth=2, model__image__init_from=VIT,
                          frozen="('image',)")
