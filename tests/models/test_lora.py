@@ -60,6 +60,14 @@ def _batch(config, n: int = 3, seed: int = 0):
     return batch
 
 
+def _sharded_state(config):
+    """(abstract TrainState, init_fn) as train.py builds them."""
+    tx, _ = trainer.make_optimizer(config)
+    shapes = trainer.batch_shapes(config, config.batch_size)
+    abstract, _, init_fn = trainer.sharded_state_shapes(build_model(config, 10), tx, shapes, sharding.make_mesh(config.mesh))
+    return abstract, init_fn
+
+
 def _without_adapters(params):
     flat = export.flatten_params(params)
     return export.unflatten_params({k: v for k, v in flat.items() if k.rsplit("/", 1)[-1] not in layers.LORA_PARAMS})
@@ -149,10 +157,7 @@ def lora_run(tmp_path_factory):
 
 def test_a_frozen_tower_trains_only_its_adapters(lora_run):
     config = lora_run["config"]
-    model = build_model(config, 10)
-    tx, _ = trainer.make_optimizer(config)
-    mesh = sharding.make_mesh(config.mesh)
-    abstract, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
+    abstract, init_fn = _sharded_state(config)
     moments = {pretrained.param_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(abstract.opt_state)}
     image_moments = {n for n in moments if "image" in n.split("/")}
     # Adam's moments exist for the image tower's adapters and nothing else of it
@@ -195,10 +200,7 @@ def test_merged_export_predicts_what_the_adapted_model_does(lora_run):
 
 def test_an_adapter_free_export_loads_into_a_lora_model(lora_run, tiny_config):
     config = tiny_config(init_from=lora_run["export"], init_from_prefix="image", model__image__lora_rank=2)
-    model = build_model(config, 10)
-    tx, _ = trainer.make_optimizer(config)
-    mesh = sharding.make_mesh(config.mesh)
-    _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
+    _, init_fn = _sharded_state(config)
     state = init_fn(jax.random.key(0))
     fresh, loaded = (export.flatten_params(s.params) for s in (state, pretrained.load_into(state, config)))
     tensors, _ = predict.read_safetensors(os.path.join(lora_run["export"], "params.safetensors"))

@@ -34,15 +34,20 @@ def test_configure_reads_the_architecture_and_names_conflicts(tiny_config):
         towers.configure(config)
 
 
-def test_params_go_onto_the_sharded_state(tiny_config):
-    config = tiny_config(modalities="('image','text')", model__image__depth=2, model__image__init_from=VIT,
-                         mesh__fsdp=2, mesh__data=-1)
+def _configured_state(config):
+    """The fresh sharded state of config once towers.configure has read the checkpoints."""
     towers.configure(config)
     model = build_model(config, 10)
     tx, _ = trainer.make_optimizer(config)
     mesh = sharding.make_mesh(config.mesh)
     _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
-    state = init_fn(jax.random.key(0))
+    return init_fn(jax.random.key(0))
+
+
+def test_params_go_onto_the_sharded_state(tiny_config):
+    config = tiny_config(modalities="('image','text')", model__image__depth=2, model__image__init_from=VIT,
+                         mesh__fsdp=2, mesh__data=-1)
+    state = _configured_state(config)
     loaded = towers.load_params(state, config)
     # data.image_size 16 (the synthetic data's) against the checkpoint's 32: positions interpolated.
     _, want = hf.load(fixture("vit"), "image", scan=True, image_size=16)
@@ -58,12 +63,7 @@ def test_params_go_onto_the_sharded_state(tiny_config):
 def test_a_lora_tower_loads_the_checkpoint_and_keeps_its_adapters(tiny_config):
     config = tiny_config(modalities="('image','text')", model__image__depth=2, model__image__init_from=VIT,
                          model__image__lora_rank=2)
-    towers.configure(config)
-    model = build_model(config, 10)
-    tx, _ = trainer.make_optimizer(config)
-    mesh = sharding.make_mesh(config.mesh)
-    _, _, init_fn = trainer.sharded_state_shapes(model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
-    state = init_fn(jax.random.key(0))
+    state = _configured_state(config)
     got, fresh = _flat(towers.load_params(state, config).params["image"]), _flat(state.params["image"])
     _, want = hf.load(fixture("vit"), "image", scan=True, image_size=16)
     want = _flat(want)
