@@ -95,10 +95,10 @@ def test_help_from_the_command_line_exits_0():
     assert result.returncode == 0 and result.stdout.startswith("usage: python -m mmjax.train"), result.stderr
 
 
-def test_config_file_in_space_form_is_loaded(capsys):
+def test_config_file_in_space_form_is_loaded(capsys, monkeypatch):
     from mmjax import train
 
-    os.environ["MMJAX_DISTRIBUTED"] = "off"
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
     status = train.main(["mmjax.train", "--config", os.path.join(ROOT, "configs", "seed.py"),
                          "--config.optim.kind=sgd", "--workdir=W"])
     assert status == 2

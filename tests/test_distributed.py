@@ -39,7 +39,9 @@ def test_detect_rejects_incomplete_explicit_env():
 
 
 def _env(cache, devices=8, **extra):
-    return dict(os.environ, MMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHON=sys.executable,
+    # In-process tests set MMJAX_DISTRIBUTED=off in this worker; it must not reach these runs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMJAX_", "SLURM_", "TPU_WORKER"))}
+    return dict(env, MMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHON=sys.executable,
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
 
 

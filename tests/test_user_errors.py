@@ -90,7 +90,7 @@ def test_resume_with_a_different_model_is_refused_naming_the_keys(workdir, capsy
     (["--config=configs/base.py", "--config.checkpoint_every_seconds=-1", "--workdir=W"],
      "config.checkpoint_every_seconds: must be >= 0"),
 ])
-def test_command_line_mistakes(argv, expected, capsys):
+def test_command_line_mistakes(argv, expected, capsys, monkeypatch):
     # In one process absl keeps the last --workdir: every case names one, so none trains.
-    os.environ["MMJAX_DISTRIBUTED"] = "off"
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
     one_line_error(capsys, train.main(["mmjax.train", *argv]), expected)
