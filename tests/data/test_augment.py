@@ -100,6 +100,8 @@ def test_augment_config_is_checked():
     assert augment.Augment.from_config({"text_dropout": 0.1}).enabled
     with pytest.raises(ValueError, match="config.data.augment.image_crop=1.5 must be in"):
         augment.Augment.from_config({"image_crop": 1.5})
+    with pytest.raises(ValueError, match=r"config.data.augment.audio_speed=1.0 must be in \[0, 1\)"):
+        augment.Augment.from_config({"audio_speed": 1.0})
     with pytest.raises(ValueError, match="config.data.augment.colour is unknown"):
         augment.Augment.from_config({"colour": 1.0})
 
