@@ -250,6 +250,8 @@ SCHEMA = Group("the run", dict(
                       dict(
             image_crop=Key(0.0, "> 0: random resized crop keeping at least this fraction of the area"),
             image_flip=Key(False, "horizontal flip with probability 1/2"),
+            audio_speed=Key(0.0, "speed perturbation: resample to play at a rate uniform in 1 +- this (tempo "
+                                 "and pitch together), in [0, 1)"),
             audio_gain_db=Key(0.0, "random gain, uniform in +- this many dB"),
             audio_shift=Key(0.0, "random time shift of up to this many seconds"),
             audio_time_mask=Key(0.0, "SpecAugment time mask: up to this fraction of the clip"),
@@ -322,6 +324,8 @@ SCHEMA = Group("the run", dict(
                                 check=unit_interval),
             stem=Key(0, "transformer: stride-2 Conv1D layers over time instead of patches (0: patches; at most 4)",
                      check=lambda v: None if 0 <= v <= 4 else f"must be in 0..4, got {v!r}"),
+            stem_norm=Key(False, "transformer with stem: LayerNorm over the channels after each stem convolution"),
+            stem_deltas=Key(False, "transformer with stem: the log-mel's first-order deltas as extra input channels"),
             chunk=Key(0, "whisper: samples each waveform is padded or cut to (0: data.audio_samples)",
                       check=at_least_zero),
             max_positions=Key(0, "whisper: rows of the position table (0: chunk / hop / 2)", check=at_least_zero),

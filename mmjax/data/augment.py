@@ -8,6 +8,9 @@ Switches (config.data.augment; all off by default):
   image_crop       > 0: random resized crop keeping this fraction of the area or more
                    (aspect ratio 3/4..4/3), resized back to the stored size
   image_flip       horizontal flip with probability 1/2 (not for digits or text!)
+  audio_speed      speed perturbation: the clip is resampled to play at a rate uniform in
+                   1 +- this (0.1: 0.9x..1.1x), which moves tempo and pitch together, the
+                   cheap stand-in for a new speaker's vocal tract used in speech recognition
   audio_gain_db    random gain, uniform in +-this many dB
   audio_shift      random time shift of up to this many seconds, earlier or later
   audio_time_mask  SpecAugment time mask, in the waveform: one span of up to this fraction
@@ -37,6 +40,7 @@ from mmjax.media import RESERVED_ID
 class Augment:
     image_crop: float = 0.0
     image_flip: bool = False
+    audio_speed: float = 0.0
     audio_gain_db: float = 0.0
     audio_shift: float = 0.0
     audio_time_mask: float = 0.0
@@ -61,6 +65,8 @@ class Augment:
         for name in ("image_crop", "audio_time_mask", "audio_freq_mask", "text_dropout"):
             if not 0.0 <= getattr(aug, name) <= 1.0:
                 raise ValueError(f"config.data.augment.{name}={getattr(aug, name)} must be in [0, 1]")
+        if not 0.0 <= aug.audio_speed < 1.0:
+            raise ValueError(f"config.data.augment.audio_speed={aug.audio_speed} must be in [0, 1)")
         for name in ("audio_gain_db", "audio_shift"):
             if getattr(aug, name) < 0:
                 raise ValueError(f"config.data.augment.{name}={getattr(aug, name)} must be >= 0")
@@ -88,6 +94,15 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, min_area: f
 
 
 # ---------------------------------------------------------------- audio
+def speed(wave: np.ndarray, rng: np.random.Generator, max_change: float) -> np.ndarray:
+    """Plays the clip at a rate uniform in 1 +- max_change (linear interpolation): a rate r
+    gives round(len / r) samples, pitch and tempo both scaled by r."""
+    rate = rng.uniform(1.0 - max_change, 1.0 + max_change)
+    length = max(1, int(round(len(wave) / rate)))
+    positions = np.minimum(np.arange(length) * rate, len(wave) - 1)
+    return np.interp(positions, np.arange(len(wave)), wave).astype(np.float32)
+
+
 def time_shift(wave: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
     """Delays (leading zeros) or advances (drops the start of) the clip by <= max_shift samples."""
     shift = int(rng.integers(-max_shift, max_shift + 1))
@@ -118,10 +133,12 @@ def freq_mask(wave: np.ndarray, rng: np.random.Generator, rate: int, max_fractio
 
 
 def augment_audio(wave: np.ndarray, rng: np.random.Generator, aug: Augment, rate: int) -> np.ndarray:
-    """Gain, shift, then time and frequency masks (those switched on), on a mono clip."""
+    """Speed, gain, shift, then time and frequency masks (those switched on), on a mono clip."""
     wave = np.asarray(wave, np.float32)
     if len(wave) == 0:
         return wave
+    if aug.audio_speed:
+        wave = speed(wave, rng, aug.audio_speed)
     if aug.audio_gain_db:
         gain = 10.0 ** (rng.uniform(-aug.audio_gain_db, aug.audio_gain_db) / 20.0)
         wave = np.clip(wave * gain, -1.0, 1.0)

@@ -22,7 +22,8 @@ Front end options shared by both encoders (config.model.audio):
               freq_width of the mel bins, set to 0 (the mean). Drawn from the 'dropout' rng.
 'transformer' with stem > 0: instead of patches, `stem` Conv1D(kernel 3, stride 2, GELU)
 layers over time (mel bins as channels) make one token per 2**stem frames; a small-data
-default with the inductive bias of a CNN.
+default with the inductive bias of a CNN. stem_norm adds a LayerNorm over the channels after
+each convolution; stem_deltas appends the log-mel's first-order deltas as more channels.
 """
 from __future__ import annotations
 
@@ -169,11 +170,20 @@ def front_end_config(sub: Any) -> dict:
     return {k: sub[k] for k in FRONT_END_KEYS}
 
 
+def deltas(mel: jax.Array) -> jax.Array:
+    """First-order deltas (x[t+1] - x[t-1]) / 2 of mel [B, T, M], zero beyond both ends; the
+    caller zeroes invalid frames first, so padding and the array's end look alike."""
+    padded = jnp.pad(mel, ((0, 0), (1, 1), (0, 0)))
+    return (padded[:, 2:] - padded[:, :-2]) / 2.0
+
+
 class StemConv(nn.Module):
-    """Conv1D over time (kernel 3, stride 2, one frame of zero padding each side) + GELU."""
+    """Conv1D over time (kernel 3, stride 2, one frame of zero padding each side), then
+    (norm=True) a LayerNorm over the channels, then GELU."""
 
     features: int
     dtype: Any = jnp.float32
+    norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -184,7 +194,10 @@ class StemConv(nn.Module):
                           (self.features,), jnp.float32)
         y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (2,), ((1, 1),),
                                          dimension_numbers=("NWC", "WIO", "NWC"))
-        return nn.gelu(y + bias.astype(self.dtype))
+        y = y + bias.astype(self.dtype)
+        if self.norm:
+            y = layers.layer_norm(self.dtype, "norm")(y)
+        return nn.gelu(y)
 
 
 class AudioTransformer(nn.Module):
@@ -204,6 +217,8 @@ class AudioTransformer(nn.Module):
     patch_time: int
     patch_freq: int
     stem: int = 0
+    stem_norm: bool = False
+    stem_deltas: bool = False
     normalize: str = "fixed"
     spec_time_masks: int = 0
     spec_time_width: float = 0.0
@@ -224,8 +239,8 @@ class AudioTransformer(nn.Module):
         rate, samples = int(config.data.audio_rate), int(config.data.audio_samples)
         stem = int(sub.stem)
         spec = TransformerSpec.from_config(sub, config.model, "config.model.audio", lora=True)
-        return cls(spec=spec, sample_rate=rate, max_samples=samples, stem=stem, **values,
-                   **front_end_config(sub))
+        return cls(spec=spec, sample_rate=rate, max_samples=samples, stem=stem, stem_norm=bool(sub.stem_norm),
+                   stem_deltas=bool(sub.stem_deltas), **values, **front_end_config(sub))
 
     def frame_multiple(self) -> int:
         """The time axis is padded to a multiple of this many frames."""
@@ -249,9 +264,12 @@ class AudioTransformer(nn.Module):
             # audio_length are zeroed after each layer, so that valid tokens see the same
             # zeros whether the padding is frames or the conv's own zero padding.
             frame_valid = jnp.arange(frames)[None, :] * self.hop < lengths[:, None]
-            x = jnp.where(frame_valid[..., None], mel, 0.0).astype(dtype)
+            x = jnp.where(frame_valid[..., None], mel, 0.0)
+            if self.stem_deltas:
+                x = jnp.concatenate([x, deltas(x)], axis=-1)
+            x = x.astype(dtype)
             for i in range(self.stem):
-                x = StemConv(self.spec.width, dtype, name=f"stem_{i}")(x)
+                x = StemConv(self.spec.width, dtype, self.stem_norm, name=f"stem_{i}")(x)
                 step = 2 ** (i + 1)
                 valid = jnp.arange(0, frames, step)[None, :] * self.hop < lengths[:, None]
                 x = jnp.where(valid[..., None], x, 0)

@@ -45,6 +45,22 @@ def test_audio_gain_and_shift():
         assert (s[:lead] == 0).all() and (s[lead:] == 0.1).all()
 
 
+def test_speed_perturbation_scales_length_and_pitch():
+    """A rate r plays the clip r times faster: len / r samples, a tone's frequency times r."""
+    t = np.arange(4000) / 8000.0
+    wave = np.sin(2 * np.pi * 500.0 * t).astype(np.float32)
+    aug = augment.Augment(audio_speed=0.2)
+    outs = [augment.augment_audio(wave, _rng(i), aug, 8000) for i in range(8)]
+    assert all(o.dtype == np.float32 for o in outs)
+    lengths = [len(o) for o in outs]
+    assert min(lengths) >= 4000 / 1.2 - 1 and max(lengths) <= 4000 / 0.8 + 1 and len(set(lengths)) > 4
+    for out in outs:
+        rate = len(wave) / len(out)
+        peak = np.argmax(np.abs(np.fft.rfft(out))) * 8000.0 / len(out)
+        assert abs(peak - 500.0 * rate) < 8000.0 / len(out) + 1
+    np.testing.assert_array_equal(augment.speed(wave, _rng(), 0.0), wave)
+
+
 def test_time_mask_zeroes_one_span():
     wave = np.ones(2000, np.float32)
     out = augment.time_mask(wave, _rng(3), 0.2)
@@ -84,6 +100,8 @@ def test_augment_config_is_checked():
     assert augment.Augment.from_config({"text_dropout": 0.1}).enabled
     with pytest.raises(ValueError, match="config.data.augment.image_crop=1.5 must be in"):
         augment.Augment.from_config({"image_crop": 1.5})
+    with pytest.raises(ValueError, match=r"config.data.augment.audio_speed=1.0 must be in \[0, 1\)"):
+        augment.Augment.from_config({"audio_speed": 1.0})
     with pytest.raises(ValueError, match="config.data.augment.colour is unknown"):
         augment.Augment.from_config({"colour": 1.0})
 

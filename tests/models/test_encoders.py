@@ -290,6 +290,23 @@ def test_audio_stem_and_normalisation_padding_invariance(normalize):
     assert not np.allclose(reference[0], reference[1])
 
 
+@pytest.mark.parametrize("options", [dict(stem_norm=True), dict(stem_deltas=True)])
+def test_audio_stem_norm_and_deltas_padding_invariance(options):
+    """The stem's LayerNorm and the delta channels keep valid tokens blind to padding, and
+    each changes the output (the deltas double the first convolution's input channels)."""
+    config = front_end_config(stem=2, normalize="utterance_bins", **options)
+    encoder = AudioTransformer.from_config(config)
+    variables = encoder.init(jax.random.key(0), batch_for(config, audio_samples=1024), train=False)
+    kernel = variables["params"]["stem_0"]["kernel"]
+    kernel = getattr(kernel, "value", kernel)
+    assert kernel.shape[1] == config.model.audio.n_mels * (2 if options.get("stem_deltas") else 1)
+    check_audio_padding_invariance(config, encoder, variables, valid_tokens=[3, 2])
+    mel = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 3)), jnp.float32)
+    d = np.asarray(audio_lib.deltas(mel))
+    np.testing.assert_allclose(d[:, 1:-1], (mel[:, 2:] - mel[:, :-2]) / 2, atol=1e-6)
+    np.testing.assert_allclose(d[:, 0], mel[:, 1] / 2, atol=1e-6)
+
+
 def test_audio_cnn_normalisation_padding_invariance():
     config = front_end_config("cnn", normalize="utterance")
     encoder = AudioCNN.from_config(config)
