@@ -12,6 +12,13 @@ the config keys that differ), then restores and recomputes the fingerprints. A s
 fails to restore (missing or truncated files) or whose arrays changed (overwritten bytes)
 is reported in one line, moved to WORKDIR/damaged_checkpoints/, and the next older step
 is tried; if none is intact the run stops with a UserError.
+
+The best step (config.select_best, mmjax/best.py). A checkpointer made with
+keep_best='max' or 'min' keeps, beside the latest max_to_keep steps, the step saved with
+the best `best_value` (Orbax's preservation policies: LatestN or BestN). The loop passes a
+value only when an evaluation improved on every earlier one, so the kept step is the
+newest such save, the one the data state's 'best' record names. It sits in the same
+folder as the others, with the same checksums, and can be resumed from like them.
 """
 
 from __future__ import annotations
@@ -31,22 +38,34 @@ from jax.experimental import multihost_utils
 from mmjax.config import UserError
 
 STATE, DATA, META = "state", "data", "meta"
+BEST_VALUE = "best_value"  # the metric Orbax ranks saved steps by (its per-step 'metrics' item)
 
 
 class Checkpointer:
     """Saves and restores (state, data_state, meta) triples under one directory."""
 
     def __init__(self, directory: str | epath.Path, *, max_to_keep: int, async_save: bool = True,
-                 temporary_path_class=None):
+                 temporary_path_class=None, keep_best: str = ""):
         """temporary_path_class: Orbax's (None: its default); the train loop passes the
-        fault-injecting one of mmjax/faults.py when a test asks for it."""
+        fault-injecting one of mmjax/faults.py when a test asks for it. keep_best: '' (keep
+        the latest max_to_keep only), 'max' or 'min' (also the step with the best best_value)."""
         directory = str(directory)
         # Orbax needs absolute paths; '--workdir=runs/x' is relative to where the run started.
         self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self._keep_best = keep_best
+        policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+        best_fn = None
+        if keep_best:
+            worst = float("-inf") if keep_best == "max" else float("inf")  # steps saved without a value
+            best_fn = lambda metrics: (metrics or {}).get(BEST_VALUE, worst)  # noqa: E731
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=best_fn, reverse=keep_best == "min", n=1, keep_checkpoints_without_metrics=False))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+                best_fn=best_fn,  # makes Orbax write each step's metrics, which BestN ranks
+                best_mode=keep_best or "max",
                 enable_async_checkpointing=async_save,
                 create=True,
                 cleanup_tmp_directories=True,  # what a save killed mid-way left behind
@@ -61,15 +80,20 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    def save(self, step: int, state: Any, data_state: dict, meta: dict, best_value: float | None = None) -> None:
         """Starts an asynchronous save; returns once the arrays are safe to mutate/donate.
 
         `meta` gains 'state_shapes' and 'fingerprints' (one uint32 per array), which
-        restores check.
+        restores check. best_value (keep_best only): the step's value of the selected
+        metric, given when it is the best so far.
         """
         meta = {**meta, "state_shapes": state_shapes(state), "fingerprints": fingerprints(state)}
+        metrics = None
+        if self._keep_best:  # {} ranks last (and keeps Orbax from warning that metrics are missing)
+            metrics = {} if best_value is None else {BEST_VALUE: float(best_value)}
         self._manager.save(
             step,
+            metrics=metrics,
             args=ocp.args.Composite(
                 **{
                     STATE: ocp.args.StandardSave(state),
@@ -98,6 +122,11 @@ class Checkpointer:
         """Reads only the metadata of a step (no arrays)."""
         restored = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
         return dict(restored[META])
+
+    def read_data(self, step: int) -> dict:
+        """Reads only the data state of a step (its position in the data and its 'best' record)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))
+        return dict(restored[DATA])
 
     def restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """Restores a step and checks its arrays against the fingerprints in its metadata.

@@ -1,6 +1,9 @@
 """Writes a self-contained inference artifact from a training run's checkpoint.
 
-    python -m mmjax.export --workdir=W [--step=N] --out=E [--dtype=float32|bfloat16] [--overwrite]
+    python -m mmjax.export --workdir=W [--step=best|latest|N] --out=E [--dtype=float32|bfloat16] [--overwrite]
+
+The step is by default the run's best (config.select_best, mmjax/best.py) when it recorded
+one, else the latest; the line it prints says which.
 
 E/ holds everything `python -m mmjax.predict` (no training stack) needs:
   export.json            format, modalities, class names, input shapes, preprocessing spec
@@ -36,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import predict as predict_lib
@@ -106,19 +110,42 @@ def _checkpointer(workdir: str) -> ckpt_lib.Checkpointer:
     return ckpt_lib.Checkpointer(directory, max_to_keep=1 << 30, async_save=False)
 
 
-def restore_params(workdir: str, step: int | None = None):
-    """(config, params as numpy tree, step, meta) of a run's checkpoint (latest by default)."""
+def choose_step(checkpointer: ckpt_lib.Checkpointer, workdir: str, step: int | str | None) -> tuple[int, str]:
+    """(step, which one it is, in words) for --step: None (the best if the run recorded one,
+    else the latest), 'best', 'latest' or a step number."""
+    steps = sorted(checkpointer.all_steps())
+    if not steps:
+        raise UserError(f"--workdir={workdir} has no checkpoints in {workdir}/checkpoints; "
+                        "train first with python -m mmjax.train --workdir=...")
+    latest = steps[-1]
+    if step in (None, "best"):
+        try:
+            best = best_lib.best_step(checkpointer.read_data(latest))
+        except Exception:  # noqa: BLE001 - a damaged latest step: restoring it below says so
+            best = None
+        if best and best[0] in steps:
+            record = best[1]
+            return best[0], f"the best: {record['metric']} {record['value']:.4f}; the latest is {latest}"
+        if step == "best":
+            why = "is no longer there" if best else "was not recorded (the run did not set config.select_best)"
+            raise UserError(f"--step=best: the best step of {workdir} {why}; "
+                            f"use --step=latest or one of {', '.join(map(str, steps))}")
+        return latest, "the latest"
+    if step == "latest":
+        return latest, "the latest"
+    if isinstance(step, str) and not step.isdigit():
+        raise UserError(f"--step={step}: use best, latest or a step number")
+    if int(step) not in steps:
+        raise UserError(f"--step={step}: {workdir}/checkpoints has steps {', '.join(map(str, steps))}")
+    return int(step), "the latest" if int(step) == latest else "chosen with --step"
+
+
+def restore_params(workdir: str, step: int | str | None = None, log=lambda line: None):
+    """(config, params as numpy tree, step, meta) of a run's checkpoint (see choose_step)."""
     checkpointer = _checkpointer(workdir)
     try:
-        steps = checkpointer.all_steps()
-        if not steps:
-            raise UserError(f"--workdir={workdir} has no checkpoints in {workdir}/checkpoints; "
-                            "train first with python -m mmjax.train --workdir=...")
-        if step is None:
-            step = max(steps)
-        elif step not in steps:
-            raise UserError(f"--step={step}: {workdir}/checkpoints has steps "
-                            f"{', '.join(map(str, sorted(steps)))}")
+        step, which = choose_step(checkpointer, workdir, step)
+        log(f"exporting step {step} ({which})")
         meta = checkpointer.read_meta(step)
         config = config_lib.upgrade(meta["config"])  # an older run's config, in today's schema
         model = build_model(config, int(meta["num_classes"]))
@@ -220,7 +247,7 @@ def _replace_folder(tmp: str, out: str, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "float32",
+def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str = "float32",
            platforms=PLATFORMS, overwrite: bool = False, log=print) -> dict:
     """Exports a run's checkpoint to the folder `out` (see module docstring); returns its spec."""
     if dtype not in EXPORT_DTYPES:
@@ -230,7 +257,7 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
             raise UserError(f"--out={out} exists and is not an export; choose another folder")
         if os.listdir(out) and not overwrite:
             raise UserError(f"--out={out} already holds an export; pass --overwrite to replace it")
-    config, params, step, meta = restore_params(workdir, step)
+    config, params, step, meta = restore_params(workdir, step, log)
     class_names = _class_names(config, meta)
     flat, config, merged = merge_adapters(flatten_params(params), config)
     if dtype == "bfloat16":
@@ -275,7 +302,9 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype: str = "flo
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmjax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="the training run's workdir")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", default=None,
+                   help="best, latest or a step number (default: the best, when config.select_best recorded one, "
+                        "else the latest)")
     p.add_argument("--out", required=True, help="the export folder to write")
     p.add_argument("--dtype", default="float32", help="parameter dtype in the export: float32 or bfloat16")
     p.add_argument("--platforms", default=",".join(PLATFORMS), help="comma-separated: cpu,cuda,tpu")

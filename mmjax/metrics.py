@@ -2,8 +2,9 @@
 
 Metric names are stable ('train/loss', 'train/accuracy', 'train/examples_per_sec',
 'train/gflops_per_sec', 'train/mfu', 'train/data_wait_fraction', 'eval/loss',
-'eval/accuracy', ...): users and other tools parse metrics.jsonl. Only
-process 0 writes; the other processes get a writer that does nothing.
+'eval/accuracy', ...): users and other tools parse metrics.jsonl. A note (why a run
+stopped early) is a row {"step": N, "note": "..."} with no metrics. Only process 0
+writes; the other processes get a writer that does nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class JsonlWriter:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def note(self, step: int, text: str) -> None:
+        self._file.write(json.dumps({"step": int(step), "note": text}) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -73,6 +78,10 @@ class TensorBoardWriter:
             self._writer.add_scalar(name, float(value), int(step))
         self._writer.flush()
 
+    def note(self, step: int, text: str) -> None:
+        self._writer.add_text("note", text, int(step))
+        self._writer.flush()
+
     def close(self) -> None:
         self._writer.close()
 
@@ -106,6 +115,9 @@ class ProgressWriter:
             parts = " | ".join(f"{k} {v:.4f}" for k, v in sorted(evals.items()))
             print(f"eval @ step {step} | {parts}", file=self._stream, flush=True)
 
+    def note(self, step: int, text: str) -> None:
+        print(f"step {step}: {text}", file=self._stream, flush=True)
+
     def close(self) -> None:
         pass
 
@@ -119,6 +131,11 @@ class MetricWriters:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         for w in self._writers:
             w.write(step, metrics)
+
+    def note(self, step: int, text: str) -> None:
+        """A line of text for the record at `step` (not a metric)."""
+        for w in self._writers:
+            w.note(step, text)
 
     def close(self) -> None:
         for w in self._writers:

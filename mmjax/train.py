@@ -26,6 +26,7 @@ import jax
 import ml_collections
 from absl import flags
 
+from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import distributed, evaluators, faults, hardware, objectives, prefetch, pretrained, sharding, trainer
@@ -101,9 +102,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         abstract_state, state_shardings, init_fn = trainer.sharded_state_shapes(model, tx, train_shapes, mesh)
 
         # ------------------------------------------------------------ state: restore or initialise
+        # config.select_best: the best evaluation's step is kept beside the latest ones (mmjax/best.py).
+        tracker = best_lib.Tracker.from_config(config)
         checkpointer = opened.enter_context(contextlib.closing(ckpt_lib.Checkpointer(
             f"{workdir}/checkpoints", max_to_keep=config.keep_checkpoints, async_save=True,
             temporary_path_class=injection.checkpoint_temporary_path_class(),
+            keep_best=tracker.mode if tracker else "",
         )))
         latest = checkpointer.latest_step() or 0
         if latest >= config.total_steps:
@@ -117,6 +121,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if restored:
             _, state, data_state, _ = restored
             start_batch = int(data_state["next_batch"])
+            if tracker:  # the same best and patience count as before the restart
+                tracker.resume(data_state, log)
+                if tracker.exhausted:
+                    log(f"training already stopped early at step {start_step} ({tracker.stop_note()}); "
+                        "nothing to do")
+                    return {}
             log(f"resuming from {workdir}/checkpoints/{start_step}")
         else:
             state = init_fn(init_rng)
@@ -134,6 +144,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         context = evaluators.Context(config, model, objective, mesh, abstract_state, eval_sources)
         with as_user_error("config.evals"):
             evals = evaluators.build(config, context)  # each compiles its own eval step
+        if tracker:
+            tracker.check_reported({e.name: e.metric_names() for e in evals})
         compile_seconds = time.perf_counter() - compile_start
 
         # ------------------------------------------------------------ writers, input and bookkeeping
@@ -200,22 +212,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             injection.kill_after_step(done, checkpointer.wait)
             side_start = time.perf_counter()
             due = [e for e in evals if e.due(done)]
+            improved = stop_early = False
             if due:
                 results = {k: v for e in due for k, v in e.run(state).items()}
                 writers.write(done, results)
                 eval_metrics.update(results)
+                if tracker and tracker.metric in results:
+                    improved = tracker.update(done, results[tracker.metric])
+                    stop_early = tracker.exhausted
             stop = preemption.should_stop(done)
-            if done % config.checkpoint_every == 0 or is_last or stop or save_timer.due():
+            if (done % config.checkpoint_every == 0 or is_last or stop or save_timer.due()
+                    or improved or stop_early):
                 data_state = {"next_batch": start_batch + done - start_step, "workers": config.data.workers}
-                checkpointer.save(done, state, data_state, meta)
+                if tracker:
+                    data_state[best_lib.RECORD] = tracker.record()
+                checkpointer.save(done, state, data_state, meta, best_value=tracker.value if improved else None)
                 save_timer.saved()
+            if stop_early:  # the checkpoint just saved is the final one
+                writers.note(done, tracker.stop_note())
+                break
             if stop:
                 raise Preempted(done)  # after the teardown, whose checkpointer.close() waits for this save
             window.exclude(time.perf_counter() - side_start)  # evals and saves are not training time
 
     if is_primary:
         final = " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items()))
-        print(f"done: {config.total_steps} steps | {final}", flush=True)
+        best = ""
+        if tracker and tracker.step is not None:
+            best = f" | best {tracker.metric} {tracker.value:.4f} at step {tracker.step}"
+        print(f"done: {done} steps{' (stopped early)' if stop_early else ''} | {final}{best}", flush=True)
     return eval_metrics
 
 

@@ -28,13 +28,14 @@ def cache(tmp_path_factory):
 TINY_ARGS = ["--config=configs/base.py", *(f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items())]
 
 
-def run(workdir, cache, fault=""):
+def run(workdir, cache, fault="", args=ARGS):
+    """The tiny run plus `args` in a fresh process (MMJAX_FAULT_INJECT=fault, if given)."""
     env = dict(os.environ, MMJAX_CACHE=str(cache), JAX_PLATFORMS="cpu", MMJAX_DISTRIBUTED="off",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env.pop("MMJAX_FAULT_INJECT", None)
     if fault:
         env["MMJAX_FAULT_INJECT"] = fault
-    cmd = [sys.executable, "-m", "mmjax.train", *TINY_ARGS, *ARGS, f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "mmjax.train", *TINY_ARGS, *args, f"--workdir={workdir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -86,6 +86,26 @@ def one_of(choices: tuple) -> Callable[[Any], str | None]:
     return lambda value: None if value in choices else f"{value!r} is not one of {', '.join(choices)}"
 
 
+# config.select_best: 'min:NAME' / 'max:NAME', or a bare NAME whose direction follows from it.
+SELECT_MODES = ("max", "min")
+LOWER_IS_BETTER = ("loss", "mse", "mae")  # a bare name whose last part contains one is minimised
+
+
+def parse_select_best(value: str) -> tuple[str, str, str | None]:
+    """(mode, metric name, what is wrong or None) of a config.select_best value ('' -> ('', '', None))."""
+    mode, colon, name = value.partition(":")
+    if not colon:
+        mode, name = "", value
+    if not name.strip():
+        return "", "", None if not value else f"{value!r} names no metric; e.g. 'eval/accuracy' or 'min:eval/loss'"
+    if colon and mode not in SELECT_MODES:
+        return "", "", f"{value!r}: the direction before ':' must be 'max' or 'min'"
+    if not mode:
+        last = name.rsplit("/", 1)[-1]
+        mode = "min" if any(word in last for word in LOWER_IS_BETTER) else "max"
+    return mode, name, None
+
+
 # The model tables (mmjax/models) hold the classes behind these names; a test keeps them equal.
 IMAGE_KINDS = ("vit", "cnn")
 TEXT_KINDS = ("transformer", "lstm")
@@ -206,6 +226,11 @@ SCHEMA = Group("the run", dict(
     keep_checkpoints=Key(3, "checkpoints kept in WORKDIR/checkpoints", check=positive_int),
     checkpoint_every_seconds=Key(0.0, "also save when this much time passed since the last save (0: off)",
                                  check=at_least_zero),
+    select_best=Key("", "metric whose best evaluation is kept beside the latest checkpoints (and exported): "
+                        "'eval/accuracy', 'min:eval/loss', 'max:NAME' ('': off; no min:/max: -> minimise "
+                        "names with loss/mse/mae, else maximise)", check=lambda v: parse_select_best(v)[2]),
+    early_stop_patience=Key(0, "stop when select_best has not improved for this many evaluations (0: never)",
+                            check=at_least_zero),
     max_bad_steps=Key(10, "stop after this many consecutive steps with a non-finite loss/gradient",
                       check=positive_int),
     mesh=Group("device mesh: size per axis, -1 takes the remaining devices; the batch is split over "
@@ -483,6 +508,9 @@ def _check_across_keys(config) -> None:
                       f"not kind={tower.kind!r}")
             if not tower.lora_targets:
                 _fail(f"model.{m}.lora_targets", "is empty but lora_rank > 0; name at least one projection")
+    if config.early_stop_patience and not config.select_best:
+        _fail("early_stop_patience", "needs config.select_best, the metric whose evaluations decide when to stop, "
+              "e.g. --config.select_best=eval/accuracy")
     check_modalities_fit(config)
 
 

@@ -75,6 +75,11 @@ class Evaluator:
         """Named metrics ('<prefix>accuracy', ...) of the sums over the whole data set."""
         raise NotImplementedError
 
+    def metric_names(self) -> list[str]:
+        """The names run() reports, from the compiled step's output shapes (nothing runs)."""
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._step.out_info)
+        return sorted(self.metrics(zeros))
+
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self._last_step
 
