@@ -3,9 +3,10 @@ checkpoint is kept beside the latest ones and exported by default; a run whose m
 improving stops early with a note, and a run killed after the best was recorded resumes to
 the same best step and the same stop step as one never interrupted.
 
-The run: the tiny config at lr 3e-3, evaluated every 2 steps. On this CPU its eval/accuracy
-is best at step 10 (ties at 4-8 keep step 4 until then), so with patience 3 it stops at 16;
-the assertions derive best and stop from metrics.jsonl rather than trusting those numbers.
+Two runs, so that no assertion depends on this CPU's numerics: a trained run whose best
+step is read from its own metrics.jsonl, and a run with every parameter frozen, whose
+eval/accuracy is the same at every evaluation, so the best is the first evaluation and
+patience runs out at a step fixed by the rules alone.
 """
 import json
 import math
@@ -23,9 +24,13 @@ from mmjax.config import UserError
 from mmjax.config.schema import parse_select_best
 
 PATIENCE = 3
-ARGS = ["--config.total_steps=20", "--config.eval_every=2", "--config.checkpoint_every=6",
-        "--config.keep_checkpoints=1", "--config.log_every=2", "--config.optim.lr=3e-3",
-        "--config.select_best=eval/accuracy", f"--config.early_stop_patience={PATIENCE}"]
+COMMON = ["--config.eval_every=2", "--config.keep_checkpoints=1", "--config.log_every=2",
+          "--config.select_best=eval/accuracy"]
+TRAINED = COMMON + ["--config.total_steps=12", "--config.checkpoint_every=6", "--config.optim.lr=3e-3"]
+# Frozen: evaluations at 2, 4, 6, 8 tie, so the best is step 2 and patience 3 ends the run at 8.
+FROZEN = COMMON + ["--config.total_steps=20", "--config.checkpoint_every=3", f"--config.early_stop_patience={PATIENCE}",
+                   "--config.frozen=('image','text','audio','fusion','head')"]
+BEST_STEP, STOP_STEP = 2, 8
 
 
 # ---------------------------------------------------------------- the rules, without training
@@ -83,10 +88,6 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("best-cache")
 
 
-def run(workdir, cache, fault=""):
-    return resume_run(workdir, cache, fault, args=ARGS)
-
-
 def rows(workdir):
     return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
 
@@ -98,72 +99,73 @@ def outcome(workdir):
             if any(keep(k) for k in r)]
 
 
-def expected(workdir):
-    """(best step, stop step) by the rules, from the logged eval/accuracy."""
+def first_best(workdir):
+    """The step of the first evaluation with the highest logged eval/accuracy."""
     evals = [(r["step"], r["eval/accuracy"]) for r in rows(workdir) if "eval/accuracy" in r]
-    best_step, best, since = None, -math.inf, 0
-    for step, value in evals:
-        if value > best:
-            best_step, best, since = step, value, 0
-        else:
-            since += 1
-            if since == PATIENCE:
-                return best_step, step
-    return best_step, None
+    return max(evals, key=lambda e: (e[1], -e[0]))[0]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache):
-    workdir = tmp_path_factory.mktemp("best-reference")
-    result = run(workdir, cache)
+def trained(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("best-trained")
+    result = resume_run(workdir, cache, args=TRAINED)
     assert result.returncode == 0, result.stderr[-3000:]
-    best_step, stop_step = expected(workdir)
-    assert stop_step is not None and stop_step < 20, "the run was meant to stop early"
-    return workdir, best_step, stop_step, result.stdout
+    return workdir
 
 
-def test_best_checkpoint_is_kept_and_early_stop_notes_why(reference, cache):
-    workdir, best_step, stop_step, stdout = reference
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("best-stopped")
+    result = resume_run(workdir, cache, args=FROZEN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result.stdout
+
+
+def test_the_best_logged_step_is_kept_and_exported(trained, tmp_path):
+    best_step = first_best(trained)
+    assert committed(trained) == sorted({best_step, 12})  # keep_checkpoints=1, and the best beside it
+    data = ckpt_lib.Checkpointer(trained / "checkpoints", max_to_keep=9).read_data(12)
+    assert data[best_lib.RECORD]["step"] == best_step
+    lines = []
+    spec = export.export(str(trained), str(tmp_path / "E"), platforms=("cpu",), log=lines.append)
+    assert spec["source"]["step"] == best_step
+    assert lines[0].startswith(f"exporting step {best_step} ")
+    checkpointer = ckpt_lib.Checkpointer(trained / "checkpoints", max_to_keep=9)
+    assert export.choose_step(checkpointer, str(trained), "latest") == (12, "the latest")
+    assert export.choose_step(checkpointer, str(trained), str(best_step))[0] == best_step
+    with pytest.raises(UserError, match="--step=soon: use best, latest or a step number"):
+        export.choose_step(checkpointer, str(trained), "soon")
+
+
+def test_early_stop_stops_when_patience_runs_out_and_notes_why(stopped, cache):
+    workdir, stdout = stopped
     logged = rows(workdir)
-    assert max(r["step"] for r in logged) == stop_step  # nothing ran after the stop
+    assert len({r["eval/accuracy"] for r in logged if "eval/accuracy" in r}) == 1  # frozen: all tie
+    assert max(r["step"] for r in logged) == STOP_STEP  # nothing ran after the stop
     note = logged[-1]
-    assert note["step"] == stop_step and note["note"].startswith("stopped early: eval/accuracy has not improved")
-    assert f"(step {best_step}) for {PATIENCE} evaluations" in note["note"]
-    assert committed(workdir) == [best_step, stop_step]  # keep_checkpoints=1, and the best beside it
-    data = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=9).read_data(stop_step)
-    assert data[best_lib.RECORD]["step"] == best_step and data[best_lib.RECORD]["since"] == PATIENCE
-    assert f"done: {stop_step} steps (stopped early)" in stdout
+    assert note["step"] == STOP_STEP and note["note"].startswith("stopped early: eval/accuracy has not improved")
+    assert f"(step {BEST_STEP}) for {PATIENCE} evaluations" in note["note"]
+    assert committed(workdir) == [BEST_STEP, STOP_STEP]
+    data = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=9).read_data(STOP_STEP)
+    assert data[best_lib.RECORD]["step"] == BEST_STEP and data[best_lib.RECORD]["since"] == PATIENCE
+    assert f"done: {STOP_STEP} steps (stopped early)" in stdout
 
-    again = run(workdir, cache)  # the same command again: the run is over
+    again = resume_run(workdir, cache, args=FROZEN)  # the same command again: the run is over
     assert again.returncode == 0 and "training already stopped early" in again.stdout, again.stderr[-2000:]
 
 
-def test_export_takes_the_best_step_unless_asked(reference, tmp_path):
-    workdir, best_step, stop_step, _ = reference
-    lines = []
-    spec = export.export(str(workdir), str(tmp_path / "E"), platforms=("cpu",), log=lines.append)
-    assert spec["source"]["step"] == best_step
-    assert lines[0].startswith(f"exporting step {best_step} (the best: eval/accuracy ")
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", max_to_keep=9)
-    assert export.choose_step(checkpointer, str(workdir), "latest") == (stop_step, "the latest")
-    assert export.choose_step(checkpointer, str(workdir), str(best_step))[0] == best_step
-    with pytest.raises(UserError, match="--step=soon: use best, latest or a step number"):
-        export.choose_step(checkpointer, str(workdir), "soon")
-
-
-def test_killed_after_the_best_resumes_to_the_same_best_and_stop(reference, cache, tmp_path):
-    ref_dir, best_step, stop_step, _ = reference
+def test_killed_after_the_best_resumes_to_the_same_best_and_stop(stopped, cache, tmp_path):
+    ref_dir, _ = stopped
     workdir = tmp_path / "run"
-    killed = run(workdir, cache, fault=f"kill_after_step={stop_step - 1}")
+    killed = resume_run(workdir, cache, fault=f"kill_after_step={STOP_STEP - 1}", args=FROZEN)
     assert killed.returncode == -signal.SIGKILL
-    resume_from = max(committed(workdir))
-    assert best_step < resume_from < stop_step  # the patience count so far must come from the checkpoint
+    assert committed(workdir) == [BEST_STEP, 6]  # the patience count so far (2) must come from step 6
 
-    resumed = run(workdir, cache)
+    resumed = resume_run(workdir, cache, args=FROZEN)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {workdir}/checkpoints/{resume_from}" in resumed.stdout
+    assert f"resuming from {workdir}/checkpoints/6" in resumed.stdout
     assert outcome(workdir) == outcome(ref_dir)  # every loss, eval and the note, bitwise
-    assert committed(workdir) == [best_step, stop_step]
+    assert committed(workdir) == [BEST_STEP, STOP_STEP]
 
 
 def test_select_best_must_name_a_reported_metric(tiny_config, tmp_path):
