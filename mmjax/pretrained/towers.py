@@ -98,7 +98,9 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
     """For every configured modality whose config.model.<m>.init_from names a checkpoint,
     writes the checkpoint's architecture into config.model.<m>; config.data is checked against
     the checkpoint (text length, audio rate), not changed. A key the user also set (it differs from `defaults`) to another value
-    is a ValueError naming both values. Returns the modalities configured."""
+    is a ValueError naming both values. A two-tower checkpoint loaded into both towers of a
+    contrastive run (head_spec) also sets config.loss's head keys. Returns what was configured
+    (modalities, then 'contrastive')."""
     defaults = config_lib.defaults() if defaults is None else defaults
     done = []
     for modality in config.modalities:
@@ -107,17 +109,7 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
         if not spec:
             continue
         values, _, _ = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
-        for key, value in values["model"].items():
-            where = f"config.model.{modality}.{key}"
-            if key not in sub:
-                raise ValueError(f"{where}: the checkpoint {spec} sets this key, which the config lacks")
-            current, default = sub[key], defaults.model[modality][key]
-            if _same(current, value):
-                continue
-            if not _same(current, default):
-                raise ValueError(f"{where}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
-                                 "(the architecture comes from the checkpoint)")
-            sub[key] = value
+        _take(sub, defaults.model[modality], f"config.model.{modality}", values["model"], spec)
         # config.data stays the data's (a different image size interpolates the positions;
         # Whisper pads or cuts every waveform to its chunk); only what cannot fit is an error.
         for key, value in values["data"].items():
@@ -131,7 +123,26 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
                     raise ValueError(f"config.data.audio_rate={current} but {spec} expects {value} Hz audio; set "
                                      f"--config.data.audio_rate={value}")
         done.append(modality)
+    spec = head_spec(config)
+    if spec:
+        _take(config.loss, defaults.loss, "config.loss", head_values(read_head(spec)), spec)
+        done.append("contrastive")
     return done
+
+
+def _take(section: Any, defaults: Any, where: str, values: dict, spec: str) -> None:
+    """Writes the checkpoint's `values` into a config section; a key the user also set (it
+    differs from `defaults`) to another value is a ValueError naming both values."""
+    for key, value in values.items():
+        if key not in section:
+            raise ValueError(f"{where}.{key}: the checkpoint {spec} sets this key, which the config lacks")
+        current, default = section[key], defaults[key]
+        if _same(current, value):
+            continue
+        if not _same(current, default):
+            raise ValueError(f"{where}.{key}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
+                             "(the architecture comes from the checkpoint)")
+        section[key] = value
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -150,7 +161,8 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
     the checkpoint's, each placed with its leaf's own sharding (every device takes its shard
     of the host copy; nothing is gathered). The model's tower subtree and the checkpoint's
     must have the same names and shapes (ValueError naming the first that differs); LoRA
-    adapters (lora_a / lora_b, not in any checkpoint) keep their init."""
+    adapters (lora_a / lora_b, not in any checkpoint) keep their init. The contrastive head
+    (state.params['contrastive']) is the checkpoint's too where head_spec names one."""
     params = dict(state.params)
     for modality in config.modalities:
         spec = str(config.model[modality].init_from)
@@ -158,22 +170,77 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
             continue
         image_size = int(config.data.image_size) if modality == "image" else None
         _, loaded, _ = read(spec, modality, scan=bool(config.model.scan), image_size=image_size)
-        ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params[modality])
-                if not _is_adapter(p)}
-        theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
-        for name in sorted(set(ours) | set(theirs)):
-            if name not in theirs or name not in ours:
-                side = "the checkpoint" if name not in theirs else "this model"
-                raise ValueError(f"{spec}: {modality} parameter {name} is not in {side}")
-            if tuple(ours[name].shape) != tuple(theirs[name].shape):
-                raise ValueError(f"{spec}: {modality} parameter {name} has shape {list(theirs[name].shape)} there but "
-                                 f"{list(ours[name].shape)} in this model")
-
-        def place(path, leaf):
-            if _is_adapter(path):
-                return leaf
-            value = np.asarray(theirs[jax.tree_util.keystr(path)]).astype(leaf.dtype)
-            return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
-
-        params[modality] = jax.tree_util.tree_map_with_path(place, params[modality])
+        params[modality] = _replace(spec, modality, params[modality], loaded)
+    spec = head_spec(config)
+    if spec:
+        params["contrastive"] = _replace(spec, "contrastive head", params["contrastive"],
+                                         head_params(read_head(spec)))
     return state.replace(params=params)
+
+
+def _replace(spec: str, what: str, ours_tree: Any, loaded: Any) -> Any:
+    """ours_tree (sharded arrays) with every leaf but the LoRA adapters replaced by the same-named
+    one of `loaded` (numpy), placed with its own sharding; ValueError for a name or shape that
+    differs."""
+    ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(ours_tree)
+            if not _is_adapter(p)}
+    theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
+    for name in sorted(set(ours) | set(theirs)):
+        if name not in theirs or name not in ours:
+            side = "the checkpoint" if name not in theirs else "this model"
+            raise ValueError(f"{spec}: {what} parameter {name} is not in {side}")
+        if tuple(ours[name].shape) != tuple(np.shape(theirs[name])):
+            raise ValueError(f"{spec}: {what} parameter {name} has shape {list(np.shape(theirs[name]))} there but "
+                             f"{list(ours[name].shape)} in this model")
+
+    def place(path, leaf):
+        if _is_adapter(path):
+            return leaf
+        value = np.asarray(theirs[jax.tree_util.keystr(path)]).astype(leaf.dtype)
+        return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
+
+    return jax.tree_util.tree_map_with_path(place, ours_tree)
+
+
+# ------------------------------------------------------------------ the contrastive head
+def head_spec(config: ml_collections.ConfigDict) -> str:
+    """The checkpoint whose contrastive head a run loads: config.model.image.init_from when the
+    text tower names the same one and config.loss is a contrastive loss between image and
+    text ('' otherwise: the head starts fresh)."""
+    loss, model = config.loss, config.model
+    if loss.contrastive == "none" or set(loss.contrastive_pair) != {"image", "text"}:
+        return ""
+    if not {"image", "text"} <= set(config.modalities):
+        return ""
+    spec = str(model.image.init_from)
+    return spec if spec and spec == str(model.text.init_from) else ""
+
+
+def read_head(spec: str) -> dict:
+    """hf.contrastive's dict (kind, image_proj, text_proj, log_scale, bias) of a CLIP / SigLIP
+    folder or a big_vision SigLIP npz."""
+    if spec.startswith("hf:"):
+        return hf.contrastive(resolve_hf(spec[3:]))
+    if spec.startswith("bv:"):
+        return bigvision.contrastive(spec[3:])
+    raise ValueError(f"{spec!r}: a pretrained tower is 'hf:DIR' or 'bv:FILE.npz'")
+
+
+def head_values(head: dict) -> dict:
+    """config.loss keys the checkpoint's head fixes: the loss kind it was trained with, the
+    head style and (CLIP) the projection size."""
+    values = {"contrastive": head["kind"], "contrastive_head": "clip" if head["image_proj"] is not None else "siglip"}
+    if head["image_proj"] is not None:
+        values["contrastive_dim"] = int(head["image_proj"].shape[1])
+    return values
+
+
+def head_params(head: dict) -> dict:
+    """The ContrastiveHead's parameters (models/heads.py) from read_head's dict."""
+    params = {"log_scale": np.float32(head["log_scale"])}
+    if head["kind"] == "sigmoid":
+        params["bias"] = np.float32(head["bias"])
+    for m in ("image", "text"):
+        if head[f"{m}_proj"] is not None:
+            params[f"{m}_proj"] = {"kernel": np.asarray(head[f"{m}_proj"], np.float32)}
+    return params
