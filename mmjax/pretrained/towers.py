@@ -5,7 +5,9 @@
 
 Specs: 'hf:DIR' (a transformers save_pretrained folder; a hub name ORG/NAME resolves
 through huggingface_hub's local cache, or downloads where the machine is online and the
-package is installed) and 'bv:FILE.npz' (big_vision). Used by `python -m mmjax.embed`.
+package is installed), 'bv:FILE.npz' (big_vision) and, for Tower only, an mmjax export folder
+(its run's config builds the encoder; its export.json's preprocessing prepares the inputs).
+Used by `python -m mmjax.embed`.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from mmjax import config as config_lib
+from mmjax import predict as predict_lib
 from mmjax.models.layers import LORA_PARAMS
-from mmjax.models.multimodal import ENCODERS
+from mmjax.models.multimodal import ENCODERS, POOLED_KINDS
 from mmjax.pretrained import bigvision, hf
 
 SOURCES = ("hf:", "bv:")
@@ -80,16 +84,44 @@ class Tower:
     source: str
     encoder: Any
 
+    pooled: bool = True  # the encoder takes return_pooled (POOLED_KINDS)
+
     @classmethod
     def load(cls, spec: str, modality: str, *, dtype: str = "float32") -> "Tower":
+        """The tower of a checkpoint spec (hf: / bv:) or of an mmjax export folder."""
+        if not spec.startswith(SOURCES) and os.path.isfile(os.path.join(spec, predict_lib.SPEC_FILE)):
+            return cls.from_export(spec, modality, dtype=dtype)
         values, params, path = read(spec, modality)
         config = encoder_config(modality, values, dtype=dtype)
         kind = values["model"]["kind"]
         return cls(modality, values, params, path, spec[:2], ENCODERS[modality][kind].from_config(config))
 
+    @classmethod
+    def from_export(cls, directory: str, modality: str, *, dtype: str = "float32") -> "Tower":
+        """The `modality` encoder of an export (python -m mmjax.export): its run's config
+        (upgraded to today's schema) and its parameters under '<modality>/', as float32.
+        values = {'model': config.model.<modality>, 'export': export.json}."""
+        spec = predict_lib.read_spec(directory)
+        if modality not in spec["modalities"]:
+            raise ValueError(f"{directory}: the export has no {modality} encoder; it has {', '.join(spec['modalities'])}")
+        config = config_lib.upgrade(spec["config"])
+        config.model.update(dict(dtype=dtype, remat="none", dropout=0.0))
+        tensors, _ = predict_lib.read_safetensors(os.path.join(directory, spec["params_file"]))
+        params = traverse_util.unflatten_dict({name: np.asarray(value, np.float32) for name, value in tensors.items()
+                                               if name.startswith(modality + "/")}, sep="/")[modality]
+        sub = config.model[modality]
+        values = {"model": sub.to_dict(), "export": spec}
+        return cls(modality, values, params, directory, "export", ENCODERS[modality][sub.kind].from_config(config),
+                   pooled=(modality, sub.kind) in POOLED_KINDS)
+
     def __call__(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        fn = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False, return_pooled=True))
-        tokens, mask, pooled = fn(self.params, batch)
+        """(tokens [B, N, D], mask [B, N], pooled [B, F] or None where the tower has no pooling)."""
+        if self.pooled:
+            fn = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False, return_pooled=True))
+            tokens, mask, pooled = fn(self.params, batch)
+        else:
+            tokens, mask = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False))(self.params, batch)
+            pooled = None
         return np.asarray(tokens, np.float32), np.asarray(mask), None if pooled is None else np.asarray(pooled, np.float32)
 
 

@@ -9,13 +9,14 @@ import scipy.io.wavfile
 
 from inputs import TEXTS
 from mmjax.pretrained import hf, preprocess
-from parity import AUDIO_TOL, IMAGE_TOL, TEXT_TOL, build, close, fixture, reference
+from parity import AUDIO_TOL, IMAGE_TOL, TEXT_TOL, build, close, fixture, raw_inputs, reference
 
 
 @pytest.mark.parametrize("family,prefix", [("vit", ""), ("clip", "vision_"), ("siglip", "vision_")])
-def test_image_file(family, prefix, raw_inputs):
+def test_image_file(family, prefix, tmp_path_factory):
     values, params = hf.load(fixture(family), "image")
-    image = preprocess.load_image(raw_inputs["image"], hf.Checkpoint(fixture(family)).image_processor())
+    png = raw_inputs(tmp_path_factory)["image"]
+    image = preprocess.load_image(png, hf.Checkpoint(fixture(family)).image_processor())
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     ref = reference(family)
     encoder = build("image", values)
@@ -39,8 +40,8 @@ def test_siglip_tokenizer_normalises_like_siglip():
     np.testing.assert_array_equal(tokenizer.encode(["A  Dog!"]), tokenizer.encode(["a dog"]))
 
 
-def test_whisper_wav(raw_inputs):
-    rate, pcm = scipy.io.wavfile.read(raw_inputs["audio"])
+def test_whisper_wav(tmp_path_factory):
+    rate, pcm = scipy.io.wavfile.read(raw_inputs(tmp_path_factory)["audio"])
     values, params = hf.load(fixture("whisper"), "audio")
     assert rate == values["data"]["audio_rate"]
     wave = jnp.asarray(pcm.astype(np.float32) / 32768.0)[None]
