@@ -74,7 +74,8 @@ class MultimodalClassifier(nn.Module):
                     f"batch keys are {sorted(batch)}"
                 )
             if wants_pooled and name in self.contrastive.modalities:
-                *features[name], tower_pooled[name] = encoder(batch, train=train, return_pooled=True)
+                x, mask, tower_pooled[name] = encoder(batch, train=train, return_pooled=True)
+                features[name] = (x, mask)
             else:
                 features[name] = encoder(batch, train=train)
         names = list(features)

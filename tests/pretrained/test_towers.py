@@ -113,7 +113,8 @@ def test_a_two_tower_checkpoint_loads_the_contrastive_head(tiny_config, family):
                          {"['log_scale']", "['image_proj']['kernel']", "['text_proj']['kernel']"})
     ref = reference(family)
     batch = {"image": jnp.asarray(ref["zero_shot_images"]), "text": jnp.asarray(ref["input_ids"], jnp.int32)}
-    _, aux = build_model(config, 10).apply({"params": loaded.params}, batch, train=False, aux=True)
+    apply = jax.jit(lambda params, batch: build_model(config, 10).apply({"params": params}, batch, aux=True)[1])
+    aux = apply(loaded.params, batch)
     logits = aux["scale"] * aux["embeddings"]["image"] @ aux["embeddings"]["text"].T + aux["bias"]
     assert logits.shape == (3, 3)
     close(logits, ref["zero_shot_logits"], IMAGE_TOL)
