@@ -41,6 +41,7 @@ TARGET_KEY = {"classification": LABEL, "multilabel": LABEL, "regression": TARGET
 STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression": "target"}
 
 CONTRASTIVE = ("none", "sigmoid", "softmax")
+CONTRASTIVE_HEADS = ("mmjax", "clip", "siglip")  # config.loss.contrastive_head (models/heads.py HEAD_STYLES)
 DTYPES = ("float32", "bfloat16", "auto")  # config.model.dtype; 'auto' resolves per platform
 EXPORT_DTYPES = ("float32", "bfloat16")  # an export's compute dtype (no 'auto': it is fixed)
 REMAT_POLICIES = ("none", "full", "dots")

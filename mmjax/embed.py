@@ -4,11 +4,15 @@
     python -m mmjax.embed --model=hf:/models/bert-base --text="a photo of a cat" --out=h.npy --pooled
     python -m mmjax.embed --model=bv:siglip.npz --image=cat.png --out=h.npy
     python -m mmjax.embed --model=hf:DIR --modality=image --manifest=files.txt --out=DIR/
+    python -m mmjax.embed --model=exports/base --text="a photo of a cat" --out=h.npy
 
 Writes float32 [tokens, width] (the same tensor as transformers' last_hidden_state; for
 text only the real tokens, not the padding), or with --pooled the pooled vector [width]
 (the tower's pooler_output; Whisper has none: the mean over the tokens of real audio).
 The inputs go through the checkpoint's own preprocessing (mmjax/pretrained/preprocess.py).
+An mmjax export folder (python -m mmjax.export) gives its run's encoder for that modality,
+with the export's preprocessing (the predictor's, mmjax/predict.py); --pooled is the
+tower's pooling where its config has one, else the mean over its real tokens.
 A manifest has one input per line (a file path, or for --modality=text a string) and
 --out is then a folder that receives 000000.npy, 000001.npy, ... in order.
 """
@@ -20,7 +24,7 @@ import sys
 
 import numpy as np
 
-from mmjax import media
+from mmjax import media, predict
 from mmjax.pretrained import hf, preprocess, towers
 
 
@@ -28,6 +32,10 @@ def model_input(tower: towers.Tower, value: str) -> dict:
     """One raw input (file path or string) -> the encoder's batch of one."""
     import jax.numpy as jnp
 
+    if tower.source == "export":  # the predictor's preprocessing, as the export's predictions use it
+        preprocessor = predict.Preprocessor.from_export(tower.values["export"]["preprocess"], tower.path)
+        row = preprocessor.row(**{tower.modality: value})
+        return {key: jnp.asarray(np.asarray(field)[None]) for key, field in row.items()}
     data = tower.values["data"]
     if tower.modality == "image":
         if tower.source == "hf":
@@ -51,6 +59,8 @@ def model_input(tower: towers.Tower, value: str) -> dict:
 def embed(tower: towers.Tower, value: str, pooled: bool) -> np.ndarray:
     tokens, mask, pooled_out = tower(model_input(tower, value))
     if pooled:
+        if pooled_out is None and tower.source == "export":
+            return tokens[0][mask[0]].mean(axis=0)
         if pooled_out is None:
             raise ValueError(f"{tower.path}: this {tower.modality} tower has no pooled output")
         return pooled_out[0]
@@ -61,7 +71,7 @@ def embed(tower: towers.Tower, value: str, pooled: bool) -> np.ndarray:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmjax.embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="hf:DIR (transformers folder or hub name) or bv:FILE.npz")
+    p.add_argument("--model", required=True, help="hf:DIR (transformers folder or hub name), bv:FILE.npz or an mmjax export folder")
     p.add_argument("--out", required=True, help="the .npy file (a folder with --manifest)")
     inputs = {"image": "an image file", "text": "a text string", "audio": "a WAV file",
               "manifest": "one input per line (needs --modality and an --out folder)"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmjax.models.audio import frame_count, num_frames
+from mmjax.models.heads import HEAD_STYLES
 
 TRAIN_FACTOR = 3  # forward + backward (~2x forward)
 
@@ -118,7 +119,7 @@ def forward_flops(config: Any, num_classes: int = 10) -> dict[str, int]:
     parts["fusion"], width = fusion_core(config, encoded)
     head = 2 * width * int(num_classes)
     loss = config.loss
-    if loss.contrastive != "none":
+    if loss.contrastive != "none" and HEAD_STYLES[loss.contrastive_head].proj:  # 'siglip' projects nothing
         head += sum(2 * encoded[m][1] * int(loss.contrastive_dim) for m in loss.contrastive_pair)
     parts["head"] = head
     return parts

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from mmjax.contract import CONTRASTIVE, DTYPES, MODALITIES, OPTIMIZERS, REMAT_POLICIES, TASKS
+from mmjax.contract import CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OPTIMIZERS, REMAT_POLICIES, TASKS
 
 
 class UserError(Exception):
@@ -386,7 +386,12 @@ SCHEMA = Group("the run", dict(
         contrastive_pair=Key(("image", "audio"), "the two modalities of the contrastive loss",
                              choices=MODALITIES),
         contrastive_weight=Key(1.0, "weight of the contrastive loss", check=positive),
-        contrastive_dim=Key(64, "contrastive embedding size", check=positive_int),
+        contrastive_dim=Key(64, "contrastive embedding size (not used by contrastive_head 'siglip')",
+                            check=positive_int),
+        contrastive_head=Key("mmjax", "'mmjax': each encoder's masked-mean tokens -> LayerNorm -> Dense(contrastive_dim), "
+                                      "temperature capped at 100; 'clip': the tower's pooled output -> Dense without "
+                                      "bias; 'siglip': the tower's pooled output itself (a CLIP / SigLIP checkpoint "
+                                      "loaded into both towers sets it)", choices=CONTRASTIVE_HEADS),
     )),
     peak_tflops=Key(0.0, "per-device peak TFLOP/s for train/mfu (0: looked up in mmjax/hardware.py)",
                     check=at_least_zero),

@@ -2,6 +2,7 @@
 pooled per-modality features."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -35,29 +36,54 @@ class ClassificationHead(nn.Module):
         return layers.dense(self.num_classes, ("embed", "classes"), dtype=jnp.float32, name="out")(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadStyle:
+    """What a ContrastiveHead does with each modality's vector (config.loss.contrastive_head)."""
+
+    pool: str  # 'mean': the masked mean of the encoder's tokens; 'tower': the tower's own pooled output
+    norm: bool  # LayerNorm before the projection
+    proj: str  # 'dense' (with bias), 'linear' (no bias) or '' (the vector itself is the embedding)
+    max_scale: float | None  # the temperature's cap (None: none, as transformers computes it)
+
+
+# 'mmjax': this stack's own head. 'clip' / 'siglip': exactly a loaded checkpoint's (CLIP's
+# visual/text_projection without bias; SigLIP's towers end in their own heads).
+HEAD_STYLES = {"mmjax": HeadStyle("mean", True, "dense", MAX_SCALE), "clip": HeadStyle("tower", False, "linear", None),
+               "siglip": HeadStyle("tower", False, "", None)}
+
+
 class ContrastiveHead(nn.Module):
-    """Per-modality LayerNorm + Dense to a shared `dim`, L2-normalised, plus a learned
-    log-temperature and (for kind='sigmoid') a learned bias.
+    """Per modality: [LayerNorm +] projection to a shared `dim` (style), L2-normalised; plus
+    a learned log-temperature and (for kind='sigmoid') a learned bias.
 
     Returns {'embeddings': {modality: [B, dim] float32}, 'scale': scalar (the temperature,
-    clipped to MAX_SCALE), 'bias': scalar (0 for softmax)}.
+    clipped to the style's max_scale), 'bias': scalar (0 for softmax)}. Parameters:
+    '<m>_ln' and '<m>_proj' (as the style has them), 'log_scale', 'bias' (sigmoid).
     """
 
     modalities: tuple[str, ...]
     dim: int
     kind: str = "sigmoid"
+    style: str = "mmjax"  # HEAD_STYLES
 
     @nn.compact
     def __call__(self, pooled: Mapping[str, jax.Array]) -> dict:
+        style = HEAD_STYLES[self.style]
         embeddings = {}
         for name in self.modalities:
-            x = layers.layer_norm(jnp.float32, f"{name}_ln")(pooled[name].astype(jnp.float32))
-            x = layers.dense(self.dim, ("embed", None), dtype=jnp.float32, name=f"{name}_proj")(x)
+            x = pooled[name].astype(jnp.float32)
+            if style.norm:
+                x = layers.layer_norm(jnp.float32, f"{name}_ln")(x)
+            if style.proj:
+                x = layers.dense(self.dim, ("embed", None), dtype=jnp.float32, use_bias=style.proj == "dense",
+                                 name=f"{name}_proj")(x)
             embeddings[name] = x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
         scale0, bias0 = CONTRASTIVE_INIT[self.kind]
         log_scale = self.param("log_scale", layers.boxed(nn.initializers.constant(math.log(scale0)), ()), (), jnp.float32)
         bias = jnp.zeros((), jnp.float32)
         if bias0 is not None:
             bias = self.param("bias", layers.boxed(nn.initializers.constant(bias0), ()), (), jnp.float32)
-        scale = jnp.minimum(jnp.exp(log_scale), MAX_SCALE)
+        scale = jnp.exp(log_scale)
+        if style.max_scale is not None:
+            scale = jnp.minimum(scale, style.max_scale)
         return {"embeddings": embeddings, "scale": scale, "bias": bias}

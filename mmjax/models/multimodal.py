@@ -27,13 +27,16 @@ from mmjax.contract import MODALITIES
 from mmjax.models import layers, missing
 from mmjax.models.audio import AUDIO_ENCODERS
 from mmjax.models.fusion import FUSIONS
-from mmjax.models.heads import ClassificationHead, ContrastiveHead
+from mmjax.models.heads import HEAD_STYLES, ClassificationHead, ContrastiveHead
 from mmjax.models.image import IMAGE_ENCODERS
 from mmjax.models.text import TEXT_ENCODERS
 
 # config.model.<modality>.kind -> encoder class (each has from_config(config)); the
 # schema's choices for those keys name the same kinds (tests/models/test_multimodal.py).
 ENCODERS = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS, "audio": AUDIO_ENCODERS}
+# (modality, kind) of the encoders that can return a pooled vector (return_pooled=True) ->
+# whether config.model.<m>.pooling chooses it (Whisper's is always the masked mean).
+POOLED_KINDS = {("image", "vit"): True, ("text", "transformer"): True, ("audio", "whisper"): False}
 # Batch keys each modality's encoder reads.
 INPUT_KEYS = {"image": ("image",), "text": ("text",), "audio": ("audio", "audio_length")}
 
@@ -60,7 +63,9 @@ class MultimodalClassifier(nn.Module):
     def __call__(self, batch: Mapping[str, jax.Array], train: bool = False, *, aux: bool = False):
         """batch: dict with the configured modalities' keys (others are ignored) and
         optional present_<modality> flags. Returns logits, or (logits, aux) if aux."""
-        features = {}
+        features, tower_pooled = {}, {}
+        # A 'clip'/'siglip' contrastive head reads its towers' own pooled outputs.
+        wants_pooled = self.contrastive is not None and HEAD_STYLES[self.contrastive.style].pool == "tower"
         for name, encoder in self.encoders():
             missing_keys = [k for k in INPUT_KEYS[name] if k not in batch]
             if missing_keys:
@@ -68,7 +73,11 @@ class MultimodalClassifier(nn.Module):
                     f"batch lacks {missing_keys} but config.modalities includes {name!r}; "
                     f"batch keys are {sorted(batch)}"
                 )
-            features[name] = encoder(batch, train=train)
+            if wants_pooled and name in self.contrastive.modalities:
+                x, mask, tower_pooled[name] = encoder(batch, train=train, return_pooled=True)
+                features[name] = (x, mask)
+            else:
+                features[name] = encoder(batch, train=train)
         names = list(features)
         batch_size = next(iter(features.values()))[0].shape[0]
         keep = missing.presence(batch, names, batch_size)
@@ -80,7 +89,7 @@ class MultimodalClassifier(nn.Module):
         logits = self.head(self.fusion(features, train=train))
         extras: dict[str, Any] = {"present": {m: keep[:, i] for i, m in enumerate(names)}}
         if self.contrastive is not None:  # also without aux, so init creates its parameters
-            pooled = {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
+            pooled = tower_pooled or {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
             extras.update(self.contrastive(pooled))
         return (logits, extras) if aux else logits
 
@@ -90,8 +99,17 @@ def contrastive_head(config: Any) -> ContrastiveHead | None:
     loss = config.loss
     if loss.contrastive == "none":
         return None
+    style = str(loss.contrastive_head)
+    if HEAD_STYLES[style].pool == "tower":  # the pair's towers must pool, to the same width without a projection
+        for m in loss.contrastive_pair:
+            sub = config.model[m]
+            pools = POOLED_KINDS.get((m, sub.kind))
+            if pools is None or (pools and sub.pooling == "none"):
+                raise ValueError(f"config.loss.contrastive_head={style!r} reads the {m} tower's pooled output, but "
+                                 f"config.model.{m} (kind={sub.kind!r}) has none; set config.model.{m}.pooling "
+                                 "(vit / transformer towers) or use contrastive_head='mmjax'")
     return ContrastiveHead(modalities=tuple(loss.contrastive_pair), dim=int(loss.contrastive_dim),
-                           kind=str(loss.contrastive))
+                           kind=str(loss.contrastive), style=style)
 
 
 def build_model(config: Any, num_classes: int) -> MultimodalClassifier:

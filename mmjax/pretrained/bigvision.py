@@ -165,3 +165,13 @@ def load(path: str, modality: str, *, scan: bool = True) -> tuple[dict, dict]:
     if not any(k.startswith(TOWERS[modality]) for k in ck.arrays):
         raise ValueError(f"{path}: no {TOWERS[modality]}* tensors, so no {modality} tower in this checkpoint")
     return (image_tower if modality == "image" else text_tower)(ck, scan)
+
+
+def contrastive(path: str) -> dict:
+    """A big_vision SigLIP's logit scale 't' (a log) and bias 'b', as hf.contrastive gives them
+    (its towers end in their own heads: no projections)."""
+    ck = Npz(path)
+    if not all(any(k.startswith(p) for k in ck.arrays) for p in TOWERS.values()):
+        raise ValueError(f"{path}: not a big_vision two-tower checkpoint (it needs img/ and txt/ tensors)")
+    return {"kind": "sigmoid", "image_proj": None, "text_proj": None,
+            "log_scale": float(ck.take("t", (1,))[0]), "bias": float(ck.take("b", (1,))[0])}

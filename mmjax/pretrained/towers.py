@@ -5,7 +5,9 @@
 
 Specs: 'hf:DIR' (a transformers save_pretrained folder; a hub name ORG/NAME resolves
 through huggingface_hub's local cache, or downloads where the machine is online and the
-package is installed) and 'bv:FILE.npz' (big_vision). Used by `python -m mmjax.embed`.
+package is installed), 'bv:FILE.npz' (big_vision) and, for Tower only, an mmjax export folder
+(its run's config builds the encoder; its export.json's preprocessing prepares the inputs).
+Used by `python -m mmjax.embed`.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from mmjax import config as config_lib
+from mmjax import predict as predict_lib
 from mmjax.models.layers import LORA_PARAMS
-from mmjax.models.multimodal import ENCODERS
+from mmjax.models.multimodal import ENCODERS, POOLED_KINDS
 from mmjax.pretrained import bigvision, hf
 
 SOURCES = ("hf:", "bv:")
@@ -80,16 +84,44 @@ class Tower:
     source: str
     encoder: Any
 
+    pooled: bool = True  # the encoder takes return_pooled (POOLED_KINDS)
+
     @classmethod
     def load(cls, spec: str, modality: str, *, dtype: str = "float32") -> "Tower":
+        """The tower of a checkpoint spec (hf: / bv:) or of an mmjax export folder."""
+        if not spec.startswith(SOURCES) and os.path.isfile(os.path.join(spec, predict_lib.SPEC_FILE)):
+            return cls.from_export(spec, modality, dtype=dtype)
         values, params, path = read(spec, modality)
         config = encoder_config(modality, values, dtype=dtype)
         kind = values["model"]["kind"]
         return cls(modality, values, params, path, spec[:2], ENCODERS[modality][kind].from_config(config))
 
+    @classmethod
+    def from_export(cls, directory: str, modality: str, *, dtype: str = "float32") -> "Tower":
+        """The `modality` encoder of an export (python -m mmjax.export): its run's config
+        (upgraded to today's schema) and its parameters under '<modality>/', as float32.
+        values = {'model': config.model.<modality>, 'export': export.json}."""
+        spec = predict_lib.read_spec(directory)
+        if modality not in spec["modalities"]:
+            raise ValueError(f"{directory}: the export has no {modality} encoder; it has {', '.join(spec['modalities'])}")
+        config = config_lib.upgrade(spec["config"])
+        config.model.update(dict(dtype=dtype, remat="none", dropout=0.0))
+        tensors, _ = predict_lib.read_safetensors(os.path.join(directory, spec["params_file"]))
+        params = traverse_util.unflatten_dict({name: np.asarray(value, np.float32) for name, value in tensors.items()
+                                               if name.startswith(modality + "/")}, sep="/")[modality]
+        sub = config.model[modality]
+        values = {"model": sub.to_dict(), "export": spec}
+        return cls(modality, values, params, directory, "export", ENCODERS[modality][sub.kind].from_config(config),
+                   pooled=(modality, sub.kind) in POOLED_KINDS)
+
     def __call__(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        fn = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False, return_pooled=True))
-        tokens, mask, pooled = fn(self.params, batch)
+        """(tokens [B, N, D], mask [B, N], pooled [B, F] or None where the tower has no pooling)."""
+        if self.pooled:
+            fn = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False, return_pooled=True))
+            tokens, mask, pooled = fn(self.params, batch)
+        else:
+            tokens, mask = jax.jit(lambda p, b: self.encoder.apply({"params": p}, b, train=False))(self.params, batch)
+            pooled = None
         return np.asarray(tokens, np.float32), np.asarray(mask), None if pooled is None else np.asarray(pooled, np.float32)
 
 
@@ -98,7 +130,9 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
     """For every configured modality whose config.model.<m>.init_from names a checkpoint,
     writes the checkpoint's architecture into config.model.<m>; config.data is checked against
     the checkpoint (text length, audio rate), not changed. A key the user also set (it differs from `defaults`) to another value
-    is a ValueError naming both values. Returns the modalities configured."""
+    is a ValueError naming both values. A two-tower checkpoint loaded into both towers of a
+    contrastive run (head_spec) also sets config.loss's head keys. Returns what was configured
+    (modalities, then 'contrastive')."""
     defaults = config_lib.defaults() if defaults is None else defaults
     done = []
     for modality in config.modalities:
@@ -107,17 +141,7 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
         if not spec:
             continue
         values, _, _ = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
-        for key, value in values["model"].items():
-            where = f"config.model.{modality}.{key}"
-            if key not in sub:
-                raise ValueError(f"{where}: the checkpoint {spec} sets this key, which the config lacks")
-            current, default = sub[key], defaults.model[modality][key]
-            if _same(current, value):
-                continue
-            if not _same(current, default):
-                raise ValueError(f"{where}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
-                                 "(the architecture comes from the checkpoint)")
-            sub[key] = value
+        _take(sub, defaults.model[modality], f"config.model.{modality}", values["model"], spec)
         # config.data stays the data's (a different image size interpolates the positions;
         # Whisper pads or cuts every waveform to its chunk); only what cannot fit is an error.
         for key, value in values["data"].items():
@@ -131,7 +155,26 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
                     raise ValueError(f"config.data.audio_rate={current} but {spec} expects {value} Hz audio; set "
                                      f"--config.data.audio_rate={value}")
         done.append(modality)
+    spec = head_spec(config)
+    if spec:
+        _take(config.loss, defaults.loss, "config.loss", head_values(read_head(spec)), spec)
+        done.append("contrastive")
     return done
+
+
+def _take(section: Any, defaults: Any, where: str, values: dict, spec: str) -> None:
+    """Writes the checkpoint's `values` into a config section; a key the user also set (it
+    differs from `defaults`) to another value is a ValueError naming both values."""
+    for key, value in values.items():
+        if key not in section:
+            raise ValueError(f"{where}.{key}: the checkpoint {spec} sets this key, which the config lacks")
+        current, default = section[key], defaults[key]
+        if _same(current, value):
+            continue
+        if not _same(current, default):
+            raise ValueError(f"{where}.{key}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
+                             "(the architecture comes from the checkpoint)")
+        section[key] = value
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -150,7 +193,8 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
     the checkpoint's, each placed with its leaf's own sharding (every device takes its shard
     of the host copy; nothing is gathered). The model's tower subtree and the checkpoint's
     must have the same names and shapes (ValueError naming the first that differs); LoRA
-    adapters (lora_a / lora_b, not in any checkpoint) keep their init."""
+    adapters (lora_a / lora_b, not in any checkpoint) keep their init. The contrastive head
+    (state.params['contrastive']) is the checkpoint's too where head_spec names one."""
     params = dict(state.params)
     for modality in config.modalities:
         spec = str(config.model[modality].init_from)
@@ -158,22 +202,77 @@ def load_params(state: Any, config: ml_collections.ConfigDict) -> Any:
             continue
         image_size = int(config.data.image_size) if modality == "image" else None
         _, loaded, _ = read(spec, modality, scan=bool(config.model.scan), image_size=image_size)
-        ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(params[modality])
-                if not _is_adapter(p)}
-        theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
-        for name in sorted(set(ours) | set(theirs)):
-            if name not in theirs or name not in ours:
-                side = "the checkpoint" if name not in theirs else "this model"
-                raise ValueError(f"{spec}: {modality} parameter {name} is not in {side}")
-            if tuple(ours[name].shape) != tuple(theirs[name].shape):
-                raise ValueError(f"{spec}: {modality} parameter {name} has shape {list(theirs[name].shape)} there but "
-                                 f"{list(ours[name].shape)} in this model")
-
-        def place(path, leaf):
-            if _is_adapter(path):
-                return leaf
-            value = np.asarray(theirs[jax.tree_util.keystr(path)]).astype(leaf.dtype)
-            return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
-
-        params[modality] = jax.tree_util.tree_map_with_path(place, params[modality])
+        params[modality] = _replace(spec, modality, params[modality], loaded)
+    spec = head_spec(config)
+    if spec:
+        params["contrastive"] = _replace(spec, "contrastive head", params["contrastive"],
+                                         head_params(read_head(spec)))
     return state.replace(params=params)
+
+
+def _replace(spec: str, what: str, ours_tree: Any, loaded: Any) -> Any:
+    """ours_tree (sharded arrays) with every leaf but the LoRA adapters replaced by the same-named
+    one of `loaded` (numpy), placed with its own sharding; ValueError for a name or shape that
+    differs."""
+    ours = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(ours_tree)
+            if not _is_adapter(p)}
+    theirs = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(loaded)}
+    for name in sorted(set(ours) | set(theirs)):
+        if name not in theirs or name not in ours:
+            side = "the checkpoint" if name not in theirs else "this model"
+            raise ValueError(f"{spec}: {what} parameter {name} is not in {side}")
+        if tuple(ours[name].shape) != tuple(np.shape(theirs[name])):
+            raise ValueError(f"{spec}: {what} parameter {name} has shape {list(np.shape(theirs[name]))} there but "
+                             f"{list(ours[name].shape)} in this model")
+
+    def place(path, leaf):
+        if _is_adapter(path):
+            return leaf
+        value = np.asarray(theirs[jax.tree_util.keystr(path)]).astype(leaf.dtype)
+        return jax.make_array_from_callback(value.shape, leaf.sharding, lambda index: value[index])
+
+    return jax.tree_util.tree_map_with_path(place, ours_tree)
+
+
+# ------------------------------------------------------------------ the contrastive head
+def head_spec(config: ml_collections.ConfigDict) -> str:
+    """The checkpoint whose contrastive head a run loads: config.model.image.init_from when the
+    text tower names the same one and config.loss is a contrastive loss between image and
+    text ('' otherwise: the head starts fresh)."""
+    loss, model = config.loss, config.model
+    if loss.contrastive == "none" or set(loss.contrastive_pair) != {"image", "text"}:
+        return ""
+    if not {"image", "text"} <= set(config.modalities):
+        return ""
+    spec = str(model.image.init_from)
+    return spec if spec and spec == str(model.text.init_from) else ""
+
+
+def read_head(spec: str) -> dict:
+    """hf.contrastive's dict (kind, image_proj, text_proj, log_scale, bias) of a CLIP / SigLIP
+    folder or a big_vision SigLIP npz."""
+    if spec.startswith("hf:"):
+        return hf.contrastive(resolve_hf(spec[3:]))
+    if spec.startswith("bv:"):
+        return bigvision.contrastive(spec[3:])
+    raise ValueError(f"{spec!r}: a pretrained tower is 'hf:DIR' or 'bv:FILE.npz'")
+
+
+def head_values(head: dict) -> dict:
+    """config.loss keys the checkpoint's head fixes: the loss kind it was trained with, the
+    head style and (CLIP) the projection size."""
+    values = {"contrastive": head["kind"], "contrastive_head": "clip" if head["image_proj"] is not None else "siglip"}
+    if head["image_proj"] is not None:
+        values["contrastive_dim"] = int(head["image_proj"].shape[1])
+    return values
+
+
+def head_params(head: dict) -> dict:
+    """The ContrastiveHead's parameters (models/heads.py) from read_head's dict."""
+    params = {"log_scale": np.float32(head["log_scale"])}
+    if head["kind"] == "sigmoid":
+        params["bias"] = np.float32(head["bias"])
+    for m in ("image", "text"):
+        if head[f"{m}_proj"] is not None:
+            params[f"{m}_proj"] = {"kernel": np.asarray(head[f"{m}_proj"], np.float32)}
+    return params

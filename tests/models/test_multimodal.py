@@ -11,6 +11,7 @@ from mmjax import config as config_lib
 from mmjax.config import schema
 from mmjax.models import multimodal
 from mmjax.models.fusion import FUSIONS
+from mmjax.models.heads import HEAD_STYLES
 from mmjax.models.multimodal import build_model, count_params
 
 B = 4  # divisible by the (data x fsdp) = 4 batch shards of the test mesh
@@ -153,6 +154,7 @@ def test_the_schema_names_exactly_the_kinds_the_tables_build():
     kinds = {m: set(schema.SCHEMA.keys["model"].keys[m].keys["kind"].choices) for m in multimodal.ENCODERS}
     assert kinds == {m: set(table) for m, table in multimodal.ENCODERS.items()}
     assert set(schema.FUSION_KINDS) == set(FUSIONS)
+    assert set(schema.SCHEMA.keys["loss"].keys["contrastive_head"].choices) == set(HEAD_STYLES)
     config = tiny_config(("text",))
     config.model.text.kind = "gru"
     with pytest.raises(config_lib.UserError, match=r"config.model.text.kind: 'gru' is not one of transformer, lstm"):

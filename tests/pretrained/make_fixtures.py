@@ -5,10 +5,13 @@
 
 For each family (vit, clip, siglip, bert, whisper) it saves a folder exactly as a user's
 `save_pretrained` would (config.json, model.safetensors, the processor and tokenizer files),
-then runs transformers' own processor + model on the raw inputs in `inputs/` (a PNG, a few
-strings, a WAV) and stores what they give in `<family>/reference.npz`. The tests compare
-mmjax's loaded encoders against these arrays, so CI checks parity without torch. Width 32 and two
-layers keep every folder under 300 kB.
+then runs transformers' own processor + model on the raw inputs that `inputs.py` writes (a PNG,
+a few strings, a WAV; the tests write the same bytes to a temporary folder, so they are not
+committed) and stores what they give in `<family>/reference.npz`. For CLIP and SigLIP it also
+stores the zero-shot scores `zero_shot_logits` (transformers' logits_per_image) of three 32x32
+images `zero_shot_images` (uint8, given to the processor without resizing) against the strings.
+The tests compare mmjax's loaded encoders against these arrays, so CI checks parity without
+torch. Width 32 and two layers keep every folder under 300 kB.
 """
 
 from __future__ import annotations
@@ -24,36 +27,29 @@ import torch
 import transformers
 from PIL import Image
 
+import inputs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-TEXTS = ("a photo of a cat", "a dog", "two birds on a wire")
+TEXTS = inputs.TEXTS
 WORDS = sorted({w for t in TEXTS for w in t.split()} | {"photo", "of", "the", "bird", "cats", "dogs"})
-IMAGE_FILE, AUDIO_FILE, TEXT_FILE = "image.png", "audio.wav", "texts.json"
-AUDIO_RATE = 16000
+AUDIO_RATE = inputs.AUDIO_RATE
 
 
 # ---------------------------------------------------------------------------- raw inputs
-def write_inputs(directory: str) -> None:
-    """A 40x56 RGB PNG (not the models' size: the processors resize it), a 1.25 s 16 kHz WAV
-    of two tones and noise, and the strings."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:40, 0:56]
-    image = np.stack([x * 4, y * 6, (x + y) * 3], -1) + rng.integers(0, 40, (40, 56, 3))
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(os.path.join(directory, IMAGE_FILE))
-    t = np.arange(int(1.25 * AUDIO_RATE)) / AUDIO_RATE
-    wave = 0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t) + 0.05 * rng.standard_normal(t.size)
-    scipy.io.wavfile.write(os.path.join(directory, AUDIO_FILE), AUDIO_RATE, (wave * 32767).astype(np.int16))
-    with open(os.path.join(directory, TEXT_FILE), "w") as f:
-        json.dump(list(TEXTS), f)
-
-
 def read_inputs(directory: str):
-    image = Image.open(os.path.join(directory, IMAGE_FILE)).convert("RGB")
-    rate, pcm = scipy.io.wavfile.read(os.path.join(directory, AUDIO_FILE))
+    paths = inputs.write(directory)
+    image = Image.open(paths["image"]).convert("RGB")
+    rate, pcm = scipy.io.wavfile.read(paths["audio"])
     assert rate == AUDIO_RATE
-    with open(os.path.join(directory, TEXT_FILE)) as f:
+    with open(paths["texts"]) as f:
         texts = json.load(f)
     return image, pcm.astype(np.float32) / 32768.0, texts
+
+
+def zero_shot_images(image: Image.Image) -> np.ndarray:
+    """uint8 [3, 32, 32, 3]: the PNG at the models' size, mirrored, and inverted."""
+    small = np.asarray(image.resize((32, 32), Image.BICUBIC))
+    return np.stack([small, small[:, ::-1], 255 - small])
 
 
 # ---------------------------------------------------------------------------- tokenizers
@@ -104,8 +100,8 @@ TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
 MEAN, STD = [0.48, 0.46, 0.41], [0.27, 0.26, 0.28]
 
 
-def make_vit(out: str, inputs) -> dict:
-    image, _, _ = inputs
+def make_vit(out: str, raw) -> dict:
+    image, _, _ = raw
     model = transformers.ViTModel(transformers.ViTConfig(**VISION, layer_norm_eps=1e-12), add_pooling_layer=True).eval()
     processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN, image_std=STD)
     model.save_pretrained(out)
@@ -115,8 +111,8 @@ def make_vit(out: str, inputs) -> dict:
     return dict(pixel_values=pixels, last_hidden_state=result.last_hidden_state, pooler_output=result.pooler_output)
 
 
-def make_bert(out: str, inputs) -> dict:
-    _, _, texts = inputs
+def make_bert(out: str, raw) -> dict:
+    _, _, texts = raw
     tokenizer = bert_tokenizer(out)
     config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, type_vocab_size=2, **TEXT)
     model = transformers.BertModel(config).eval()  # eval: BERT's dropout is 0.1
@@ -128,12 +124,15 @@ def make_bert(out: str, inputs) -> dict:
                 last_hidden_state=result.last_hidden_state, pooler_output=result.pooler_output)
 
 
-def _contrastive(model, processor, out: str, inputs, padding) -> dict:
-    image, _, texts = inputs
+def _contrastive(model, processor, out: str, raw, padding, **no_resize) -> dict:
+    image, _, texts = raw
     model.save_pretrained(out)
     processor.save_pretrained(out)
     enc = processor(text=list(texts), images=image, padding=padding, return_tensors="pt")
     result = model(**enc)
+    images = zero_shot_images(image)
+    pixels = processor.image_processor(list(images), do_resize=False, return_tensors="pt", **no_resize)["pixel_values"]
+    zero_shot = model(**{**enc, "pixel_values": pixels}).logits_per_image
     arrays = dict(pixel_values=enc["pixel_values"], input_ids=enc["input_ids"],
                   logits_per_image=result.logits_per_image, image_embeds=result.image_embeds,
                   text_embeds=result.text_embeds,
@@ -141,25 +140,28 @@ def _contrastive(model, processor, out: str, inputs, padding) -> dict:
                   vision_pooler_output=result.vision_model_output.pooler_output,
                   text_last_hidden_state=result.text_model_output.last_hidden_state,
                   text_pooler_output=result.text_model_output.pooler_output)
+    arrays.update(zero_shot_images=images, zero_shot_logits=zero_shot)
     if "attention_mask" in enc:
         arrays["attention_mask"] = enc["attention_mask"]
     return arrays
 
 
-def make_clip(out: str, inputs) -> dict:
+def make_clip(out: str, raw) -> dict:
     tokenizer = clip_tokenizer()
     config = transformers.CLIPConfig(
         text_config=dict(**TEXT, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
         vision_config=VISION, projection_dim=24)
     model = transformers.CLIPModel(config).eval()
+    with torch.no_grad():  # not the init value (mmjax's softmax head starts there too), so loading it is tested
+        model.logit_scale.fill_(3.0)
     image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                                                       image_mean=MEAN, image_std=STD)
     processor = transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    return _contrastive(model, processor, out, inputs, padding=True)
+    return _contrastive(model, processor, out, raw, padding=True, do_center_crop=False)
 
 
-def make_siglip(out: str, inputs) -> dict:
+def make_siglip(out: str, raw) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = siglip_tokenizer(tmp)
         text = dict(**TEXT, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
@@ -173,11 +175,11 @@ def make_siglip(out: str, inputs) -> dict:
         image_processor = transformers.SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN,
                                                             image_std=STD)
         processor = transformers.SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-        return _contrastive(model, processor, out, inputs, padding="max_length")
+        return _contrastive(model, processor, out, raw, padding="max_length")
 
 
-def make_whisper(out: str, inputs) -> dict:
-    _, wave, _ = inputs
+def make_whisper(out: str, raw) -> dict:
+    _, wave, _ = raw
     config = transformers.WhisperConfig(
         vocab_size=64, d_model=32, encoder_layers=2, encoder_attention_heads=2, decoder_layers=1,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
@@ -200,14 +202,13 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "fixtures"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    inputs_dir = os.path.join(args.out, "inputs")
-    write_inputs(inputs_dir)
-    inputs = read_inputs(inputs_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = read_inputs(tmp)
     for name, make in FAMILIES.items():
         directory = os.path.join(args.out, name)
         os.makedirs(directory, exist_ok=True)
         with torch.no_grad():
-            arrays = make(directory, inputs)
+            arrays = make(directory, raw)
         np.savez(os.path.join(directory, "reference.npz"),
                  **{k: v.detach().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in arrays.items()})
         size = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))

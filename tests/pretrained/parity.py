@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from flax.core import meta
 
+import inputs
 from mmjax import config as config_lib
 from mmjax.models.multimodal import ENCODERS
 
@@ -17,6 +18,18 @@ IMAGE_TOL, TEXT_TOL, AUDIO_TOL = 1e-4, 1e-4, 1e-3
 
 def fixture(name: str) -> str:
     return os.path.join(FIXTURES, name)
+
+
+_RAW: dict = {}
+
+
+def raw_inputs(tmp_path_factory) -> dict:
+    """{'image': PNG path, 'audio': WAV path, 'texts': JSON path}: inputs.py's files, written
+    once per test process into its temporary folder (not committed)."""
+    base = str(tmp_path_factory.getbasetemp())
+    if base not in _RAW:
+        _RAW[base] = inputs.write(str(tmp_path_factory.mktemp("inputs")))
+    return _RAW[base]
 
 
 def reference(name: str) -> dict:

@@ -1,22 +1,22 @@
-"""Issue 12, item 2: the raw files in fixtures/inputs (a PNG, strings, a WAV) through the
+"""Issue 12, item 2: the raw files of inputs.py (a PNG, strings, a WAV) through the
 checkpoint's own preprocessing (mmjax/pretrained/preprocess.py: its image processor's
 resize/crop, its tokenizer; the model's pixel mean/std and Whisper's on-device log-mel)
 give the same model inputs and last hidden states as transformers' processor + model."""
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io.wavfile
 
+from inputs import TEXTS
 from mmjax.pretrained import hf, preprocess
-from parity import AUDIO_TOL, IMAGE_TOL, TEXT_TOL, build, close, fixture, reference
+from parity import AUDIO_TOL, IMAGE_TOL, TEXT_TOL, build, close, fixture, raw_inputs, reference
 
 
 @pytest.mark.parametrize("family,prefix", [("vit", ""), ("clip", "vision_"), ("siglip", "vision_")])
-def test_image_file(family, prefix):
+def test_image_file(family, prefix, tmp_path_factory):
     values, params = hf.load(fixture(family), "image")
-    image = preprocess.load_image(fixture("inputs/image.png"), hf.Checkpoint(fixture(family)).image_processor())
+    png = raw_inputs(tmp_path_factory)["image"]
+    image = preprocess.load_image(png, hf.Checkpoint(fixture(family)).image_processor())
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     ref = reference(family)
     encoder = build("image", values)
@@ -26,10 +26,8 @@ def test_image_file(family, prefix):
 
 @pytest.mark.parametrize("family,prefix", [("bert", ""), ("clip", "text_"), ("siglip", "text_")])
 def test_text_strings(family, prefix):
-    with open(fixture("inputs/texts.json")) as f:
-        texts = json.load(f)
     ref = reference(family)
-    ids = preprocess.Tokenizer(fixture(family)).encode(texts, ref["input_ids"].shape[1])
+    ids = preprocess.Tokenizer(fixture(family)).encode(list(TEXTS), ref["input_ids"].shape[1])
     np.testing.assert_array_equal(ids, ref["input_ids"])
     values, params = hf.load(fixture(family), "text")
     encoder = build("text", values, text_length=ids.shape[1])
@@ -42,8 +40,8 @@ def test_siglip_tokenizer_normalises_like_siglip():
     np.testing.assert_array_equal(tokenizer.encode(["A  Dog!"]), tokenizer.encode(["a dog"]))
 
 
-def test_whisper_wav():
-    rate, pcm = scipy.io.wavfile.read(fixture("inputs/audio.wav"))
+def test_whisper_wav(tmp_path_factory):
+    rate, pcm = scipy.io.wavfile.read(raw_inputs(tmp_path_factory)["audio"])
     values, params = hf.load(fixture("whisper"), "audio")
     assert rate == values["data"]["audio_rate"]
     wave = jnp.asarray(pcm.astype(np.float32) / 32768.0)[None]
