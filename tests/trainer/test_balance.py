@@ -114,10 +114,9 @@ def test_gradient_blending_reports_per_head_metrics_and_resumes_exactly(tiny_con
 
 
 # ---------------------------------------------------------------------------- off: nothing changes
-def test_heads_and_balancing_off_give_the_plain_steps_losses(tiny_config):
-    """aux_weight=0 and balance='none' (the defaults): the compiled step's losses are those of
-    a plain cross-entropy + optimizer step written here, and the state has no new leaf."""
-    config = tiny_config(fusion__aux_weight=0.0, fusion__balance="none")
+def compiled(config) -> dict:
+    """The pieces train.train builds for `config`, on one device: model, optimizer, initial
+    state, the compiled step, and batches(n), the first n global training batches."""
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     source = sources.open_source(config.data.train, "train", config.data)
     model = build_model(config, source.num_classes)
@@ -126,9 +125,26 @@ def test_heads_and_balancing_off_give_the_plain_steps_losses(tiny_config):
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     abstract, shardings, init_fn = trainer.sharded_state_shapes(
         model, tx, trainer.batch_shapes(config, config.batch_size), mesh, objective=objective)
-    assert abstract.balance is None and "unimodal" not in abstract.params
     step = trainer.compile_train_step(model, tx, schedule, dropout_rng, config, mesh, abstract, shardings,
                                       objective=objective)
+
+    def batches(n):
+        it = pipeline.train_batches(source, config, global_batch=config.batch_size)
+        out = [sharding.host_batch_to_global(next(it), mesh) for _ in range(n)]
+        it.close()
+        return out
+
+    return dict(mesh=mesh, model=model, tx=tx, abstract=abstract, init_fn=init_fn, init_rng=init_rng,
+                dropout_rng=dropout_rng, state=init_fn(init_rng), step=step, batches=batches)
+
+
+def test_heads_and_balancing_off_give_the_plain_steps_losses(tiny_config):
+    """aux_weight=0 and balance='none' (the defaults): the compiled step's losses are those of
+    a plain cross-entropy + optimizer step written here, and the state has no new leaf."""
+    config = tiny_config(fusion__aux_weight=0.0, fusion__balance="none")
+    run = compiled(config)
+    model, tx, dropout_rng, mesh = run["model"], run["tx"], run["dropout_rng"], run["mesh"]
+    assert run["abstract"].balance is None and "unimodal" not in run["abstract"].params
 
     @jax.jit
     def plain_step(state, batch):
@@ -145,30 +161,19 @@ def test_heads_and_balancing_off_give_the_plain_steps_losses(tiny_config):
                              opt_state=opt_state), loss
 
     with jax.set_mesh(mesh):
-        ours, plain = init_fn(init_rng), init_fn(init_rng)
-        batches = pipeline.train_batches(source, config, global_batch=config.batch_size)
-        for _ in range(3):
-            batch = sharding.host_batch_to_global(next(batches), mesh)
+        ours, plain = run["state"], run["init_fn"](run["init_rng"])
+        for batch in run["batches"](3):
             plain, plain_loss = plain_step(plain, batch)
-            ours, metrics = step(ours, batch)
+            ours, metrics = run["step"](ours, batch)
             np.testing.assert_allclose(float(metrics["train/loss"]), float(plain_loss), rtol=1e-6)
-        batches.close()
     assert not any("balance" in k or k.startswith("train/accuracy_") for k in metrics)
 
 
 # ---------------------------------------------------------------------------- OGM-GE in the step
 def test_ogm_ge_step_logs_each_modalitys_gradient_scale(tiny_config):
-    config = tiny_config(modalities="image,text", fusion__aux_weight=0.5, fusion__balance="ogm_ge")
-    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-    source = sources.open_source(config.data.train, "train", config.data)
-    model = build_model(config, source.num_classes)
-    tx, schedule = trainer.make_optimizer(config)
-    abstract, shardings, init_fn = trainer.sharded_state_shapes(
-        model, tx, trainer.batch_shapes(config, config.batch_size), mesh)
-    step = trainer.compile_train_step(model, tx, schedule, jax.random.key(1), config, mesh, abstract, shardings)
-    batches = pipeline.train_batches(source, config, global_batch=config.batch_size)
-    state, metrics = step(init_fn(jax.random.key(0)), sharding.host_batch_to_global(next(batches), mesh))
-    batches.close()
+    run = compiled(tiny_config(modalities="image,text", fusion__aux_weight=0.5, fusion__balance="ogm_ge"))
+    (batch,) = run["batches"](1)
+    _, metrics = run["step"](run["state"], batch)
     scales = [float(metrics[f"train/balance_{m}"]) for m in ("image", "text")]
     assert all(0 < s <= 1 for s in scales) and max(scales) == 1.0  # the one behind is never scaled
     assert np.isfinite(float(metrics["train/loss"])) and float(metrics["train/skipped_steps"]) == 0
