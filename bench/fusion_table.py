@@ -11,9 +11,12 @@ from its final checkpoint). Prints a markdown table of eval/accuracy, the final 
 accuracy and each run's wall time. Runs go to WORKDIR/<name> (default: a new temp dir);
 a finished run is not trained again (mmjax.train resumes), so a second call only prints.
 
-The 'balance' column is the hook for modality balancing (issue 17, fusion.balance): each
-name in BALANCE adds one fused row trained with --config.fusion.balance=NAME; today
-only 'none' exists, and then no override is passed.
+Modality balancing (config.fusion.balance): each name in BALANCE adds one fused row
+trained with --config.fusion.balance=NAME ('none': the config as given). Balancing needs
+the per-modality heads, so those rows get config.fusion.aux_weight=AUX_WEIGHT when the
+config leaves it at 0. Rows with heads also show each head's own eval accuracy
+(eval/accuracy_<m>_only) and the last logged train/balance_<m> (OGM-GE's gradient scale
+or gradient blending's weight).
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-BALANCE = ("none",)  # fused rows; names other than 'none' set config.fusion.balance
+BALANCE = ("none", "ogm_ge", "gradient_blending")  # fused rows; names other than 'none' set config.fusion.balance
+AUX_WEIGHT = 1.0  # config.fusion.aux_weight of the balancing rows, unless the config sets one
 
 
 def rows_of(workdir: str) -> list[dict]:
@@ -47,11 +51,19 @@ def train_run(config_spec: str, overrides: dict[str, str], workdir: str) -> dict
 
     config = config_lib.load_config_file(config_spec)
     config_lib.apply_overrides(config, overrides)
+    if config.fusion.balance != "none" and config.fusion.aux_weight == 0:
+        config.fusion.aux_weight = AUX_WEIGHT  # balancing reads the per-modality heads
     start = time.perf_counter()
     train.train(config, workdir)
     wall = time.perf_counter() - start
     rows = rows_of(workdir)
-    return {"eval": last(rows, "eval/accuracy"), "train": last(rows, "train/accuracy"), "wall": wall}
+    heads = []  # 'image 0.91 (x0.87)': a head alone on eval, and its last train/balance_<m>
+    for m in config.modalities:
+        alone, weight = last(rows, f"eval/accuracy_{m}_only"), last(rows, f"train/balance_{m}")
+        if alone is not None:
+            heads.append(f"{m} {alone:.3f}" + ("" if weight is None else f" (x{weight:.2f})"))
+    return {"eval": last(rows, "eval/accuracy"), "train": last(rows, "train/accuracy"), "wall": wall,
+            "heads": ", ".join(heads)}
 
 
 def eval_probabilities(workdir: str) -> tuple["np.ndarray", "np.ndarray"]:
@@ -125,14 +137,15 @@ def main(argv: list[str]) -> int:
     results.append((" + ".join(modalities) + " (late fusion: mean of the single models' probabilities)", "", late))
 
     print(f"\neval/accuracy on {opts['eval']} ({len(labels)} examples); runs in {root}\n")
-    print("| model | balance | eval/accuracy | train/accuracy (last window) | wall time |")
-    print("|---|---|---|---|---|")
+    print("| model | balance | eval/accuracy | train/accuracy (last window) | heads alone on eval (x last "
+          "train/balance_<m>) | wall time |")
+    print("|---|---|---|---|---|---|")
     for what, balance, r in results:
         train_acc = "" if r["train"] is None else f"{r['train']:.3f}"
-        print(f"| {what} | {balance} | {r['eval']:.3f} | {train_acc} | {r['wall']:.0f} s |")
+        print(f"| {what} | {balance} | {r['eval']:.3f} | {train_acc} | {r.get('heads', '')} | {r['wall']:.0f} s |")
     best = max(singles[m]["eval"] for m in modalities)
-    print(f"\nbest single modality {best:.3f}; fused - best single = "
-          f"{results[0][2]['eval'] - best:+.3f}; late fusion - best single = {late['eval'] - best:+.3f}")
+    fused = "; ".join(f"fused ({b}) - best single = {r['eval'] - best:+.3f}" for _, b, r in results[:len(BALANCE)])
+    print(f"\nbest single modality {best:.3f}; {fused}; late fusion - best single = {late['eval'] - best:+.3f}")
     print("restored single models on eval: " + ", ".join(f"{m} {singles[m]['restored']:.3f}" for m in modalities))
     return 0
 

@@ -31,7 +31,7 @@ from absl import flags  # noqa: E402
 from etils import epath  # noqa: E402
 
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import sharding, trainer  # noqa: E402
+from mmjax import objectives, sharding, trainer  # noqa: E402
 from mmjax.config import UserError, cli  # noqa: E402
 from mmjax.data import synthetic, targets  # noqa: E402
 from mmjax.models.multimodal import build_model  # noqa: E402
@@ -118,7 +118,8 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
         shapes = trainer.batch_shapes(config, config.batch_size, spec=spec)
     except ValueError as e:
         raise UserError(f"{e}; compile needs a data set with spec.json for it") from None
-    abstract_state, state_shardings, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh)
+    objective = objectives.Objective.from_config(config)
+    abstract_state, state_shardings, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh, objective=objective)
     kind = devices[0].device_kind
     report = {
         "topology": topology,
@@ -134,7 +135,7 @@ def check_fit(config, topology: str, num_classes: int | None = None) -> dict:
     try:
         train_step = trainer.compile_train_step(
             model, tx, schedule, jax.random.key(0), config, mesh, abstract_state, state_shardings,
-            spec=spec,
+            spec=spec, objective=objective,
         )
     except Exception as e:  # the compiler's out-of-memory error is the answer, not a crash
         message = str(e)

@@ -42,6 +42,10 @@ STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression":
 
 CONTRASTIVE = ("none", "sigmoid", "softmax")
 CONTRASTIVE_HEADS = ("mmjax", "clip", "siglip")  # config.loss.contrastive_head (models/heads.py HEAD_STYLES)
+# config.fusion.balance: modality balancing (mmjax/trainer/balance.py); both methods read
+# the per-modality heads (config.fusion.aux_weight > 0).
+BALANCE = ("none", "ogm_ge", "gradient_blending")
+OGM_TASKS = ("classification", "multilabel")  # tasks with a probability of the true target
 DTYPES = ("float32", "bfloat16", "auto")  # config.model.dtype; 'auto' resolves per platform
 EXPORT_DTYPES = ("float32", "bfloat16")  # an export's compute dtype (no 'auto': it is fixed)
 REMAT_POLICIES = ("none", "full", "dots")

@@ -43,7 +43,7 @@ from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
 from mmjax import predict as predict_lib
-from mmjax import sharding, trainer
+from mmjax import objectives, sharding, trainer
 from mmjax.config import UserError, cli
 from mmjax.contract import EXPORT_DTYPES, presence_key
 from mmjax.data import sources
@@ -152,7 +152,8 @@ def restore_params(workdir: str, step: int | str | None = None, log=lambda line:
         tx, _ = trainer.make_optimizer(config)
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
         shapes = trainer.batch_shapes(config, 1)
-        abstract, _, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh)
+        objective = objectives.Objective.from_config(config)  # gradient blending's state is part of it
+        abstract, _, _ = trainer.sharded_state_shapes(model, tx, shapes, mesh, objective=objective)
         try:  # a damaged checkpoint is never exported
             state, _, _ = checkpointer.restore_verified(step, abstract)
         except ckpt_lib.CheckpointDamaged as e:

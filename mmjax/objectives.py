@@ -9,6 +9,12 @@ optional contrastive loss, as weighted sums that add up over batches.
 Every sum carries its own 'count' (the weight total), so padding rows (weight 0) and
 examples that lack a contrastive modality drop out of both numerator and denominator.
 
+Per-modality heads (config.fusion.aux_weight > 0) add sums['unimodal'][m]: the task sums
+of modality m's own head over the examples that have m, and the loss adds aux_weight
+times each head's mean loss. With fusion.balance='gradient_blending' the loss is instead
+sum_k w_k L_k over the heads ('fused' first, then the modalities), the weights w coming
+from the train state (mmjax/trainer/balance.py).
+
 Batch targets: 'classification' reads batch['label'] int [B]; 'multilabel' reads
 batch['label'] multi-hot [B, C] (1 = the class applies); 'regression' reads
 batch['target'] float [B, T]. The model's head has C (or T) outputs.
@@ -68,6 +74,19 @@ def regression_sums(predictions: jax.Array, targets: jax.Array, weights: jax.Arr
 
 
 TASK_SUMS = {"classification": classification_sums, "multilabel": multilabel_sums, "regression": regression_sums}
+
+
+def true_target_probability(task: str, logits: jax.Array, target: jax.Array) -> jax.Array:
+    """[B]: the probability a head gives the true target: softmax of the label
+    (classification), or the mean over labels of the probability of each label's true
+    value (multilabel). OGM-GE's score of a modality (mmjax/trainer/balance.py)."""
+    logits = logits.astype(jnp.float32)
+    if task == "classification":
+        return jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), target[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    if task == "multilabel":
+        p = jax.nn.sigmoid(logits)
+        return jnp.mean(jnp.where(target > 0, p, 1.0 - p), axis=-1)
+    raise ValueError(f"config.loss.task={task!r} has no probability of the true target")
 
 
 def task_metrics(task: str, sums: Mapping[str, Any]) -> dict[str, float]:
@@ -134,24 +153,50 @@ class Objective:
     pair: tuple[str, str] = ("image", "audio")
     contrastive_weight: float = 1.0
     eval_without: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ()  # modalities with their own head (config.fusion.aux_weight > 0)
+    aux_weight: float = 0.0
+    balance: str = "none"  # config.fusion.balance
+    ogm_alpha: float = 0.5
+    ogm_noise: bool = True
 
     @classmethod
     def from_config(cls, config: Any) -> "Objective":
-        """Reads config.loss and config.eval_without; trusts them (mmjax.config.validate
-        checked each key and how they fit config.modalities)."""
-        loss = config.loss
+        """Reads config.loss, config.eval_without and config.fusion's heads and balancing;
+        trusts them (mmjax.config.validate checked each key and how they fit
+        config.modalities). The heads are those of config.modalities as the data decided."""
+        loss, fusion = config.loss, config.fusion
         return cls(
             task=str(loss.task),
             contrastive=str(loss.contrastive),
             pair=tuple(loss.contrastive_pair),
             contrastive_weight=float(loss.contrastive_weight),
             eval_without=tuple(config.eval_without),
+            heads=tuple(config.modalities) if fusion.aux_weight > 0 else (),
+            aux_weight=float(fusion.aux_weight),
+            balance=str(fusion.balance),
+            ogm_alpha=float(fusion.ogm_alpha),
+            ogm_noise=bool(fusion.ogm_noise),
         )
 
     @property
     def needs_aux(self) -> bool:
-        """Whether the model must return its aux outputs (contrastive embeddings)."""
-        return self.contrastive != "none"
+        """Whether the model must return its aux outputs (contrastive embeddings, the
+        per-modality heads' outputs)."""
+        return self.contrastive != "none" or bool(self.heads)
+
+    @property
+    def blend_heads(self) -> tuple[str, ...]:
+        """The heads gradient blending weighs, in the order of its weight vector."""
+        return ("fused", *self.heads)
+
+    def head_losses(self, sums: Mapping[str, Sums]) -> jax.Array:
+        """[K]: each head's mean task loss, in blend_heads order."""
+        parts = [sums["task"], *(sums["unimodal"][m] for m in self.heads)]
+        return jnp.stack([p["loss"] / jnp.maximum(p["count"], 1.0) for p in parts])
+
+    def head_metric_names(self, prefix: str) -> list[str]:
+        """The metrics an evaluator (only=True) reports each head's loss under, in blend_heads order."""
+        return [f"{prefix}task_loss", *(f"{prefix}loss_{m}_only" for m in self.heads)]
 
     def sums(self, outputs: Any, batch: Mapping[str, jax.Array], weights: jax.Array) -> dict[str, Sums]:
         """{'task': ..., 'contrastive': ...} sums of one batch; `outputs` is the model's
@@ -166,23 +211,50 @@ class Objective:
             w = weights * aux["present"][a] * aux["present"][b]
             emb = aux["embeddings"]
             out["contrastive"] = contrastive_sums(emb[a], emb[b], aux["scale"], aux["bias"], w, self.contrastive)
+        if self.heads:
+            target = batch[TARGET_KEY[self.task]]
+            out["unimodal"] = {}
+            for m in self.heads:
+                w = weights * aux["present"][m]
+                logits_m = aux["unimodal"][m]
+                out["unimodal"][m] = TASK_SUMS[self.task](logits_m, target, w)
+                if self.balance == "ogm_ge":  # the head's mean probability of the truth, OGM-GE's score
+                    out["unimodal"][m]["score"] = jnp.sum(true_target_probability(self.task, logits_m, target) * w)
         return out
 
-    def loss(self, sums: Mapping[str, Sums]) -> jax.Array:
-        """The scalar loss: task mean + contrastive_weight * contrastive mean."""
+    def loss(self, sums: Mapping[str, Sums], blend: jax.Array | None = None) -> jax.Array:
+        """The scalar loss: task mean + contrastive_weight * contrastive mean, plus
+        aux_weight * each per-modality head's mean. With gradient blending the task and
+        head terms are weighed by `blend` [K] (blend_heads order) instead; None (the
+        evaluators, which do not see the train state) weighs them uniformly."""
         total = jnp.zeros((), jnp.float32)
+        mixed = "unimodal" in sums and self.balance == "gradient_blending"
         for part, scale in (("task", 1.0), ("contrastive", self.contrastive_weight)):
-            if part in sums:
+            if part in sums and not (mixed and part == "task"):
                 total = total + scale * sums[part]["loss"] / jnp.maximum(sums[part]["count"], 1.0)
+        if mixed:
+            k = len(self.blend_heads)
+            weights = jnp.full((k,), 1.0 / k, jnp.float32) if blend is None else blend
+            total = total + jnp.sum(weights * self.head_losses(sums))
+        elif "unimodal" in sums:
+            for m in self.heads:
+                part = sums["unimodal"][m]
+                total = total + self.aux_weight * part["loss"] / jnp.maximum(part["count"], 1.0)
         return total
 
-    def metrics(self, sums: Mapping[str, Sums], prefix: str) -> dict[str, Any]:
-        """Named metrics ('<prefix>loss', '<prefix>accuracy', ...) of (summed) sums."""
-        out = {f"{prefix}loss": self.loss(sums)}
+    def metrics(self, sums: Mapping[str, Sums], prefix: str, *, only: bool = False,
+                blend: jax.Array | None = None) -> dict[str, Any]:
+        """Named metrics ('<prefix>loss', '<prefix>accuracy', ...) of (summed) sums. Each
+        per-modality head's metrics are '<prefix><name>_<m>', or '<prefix><name>_<m>_only'
+        with only=True (the evaluators': that head alone on the eval data); `blend` as in loss."""
+        out = {f"{prefix}loss": self.loss(sums, blend)}
         if "task" in sums:
             for name, value in task_metrics(self.task, sums["task"]).items():
-                if name != "loss" or "contrastive" in sums:
+                if name != "loss" or "contrastive" in sums or "unimodal" in sums:
                     out[f"{prefix}{name if name != 'loss' else 'task_loss'}"] = value
+        for m, part in sums.get("unimodal", {}).items():
+            for name, value in task_metrics(self.task, part).items():
+                out[f"{prefix}{name}_{m}{'_only' if only else ''}"] = value
         if "contrastive" in sums:
             c = sums["contrastive"]
             count = jnp.maximum(c["count"], 1.0)

@@ -99,7 +99,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         tx, schedule = trainer.make_optimizer(config)
         train_shapes = trainer.batch_shapes(config, config.batch_size, spec=train_source.spec)
         init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-        abstract_state, state_shardings, init_fn = trainer.sharded_state_shapes(model, tx, train_shapes, mesh)
+        abstract_state, state_shardings, init_fn = trainer.sharded_state_shapes(model, tx, train_shapes, mesh,
+                                                                                objective=objective)
 
         # ------------------------------------------------------------ state: restore or initialise
         # config.select_best: the best evaluation's step is kept beside the latest ones (mmjax/best.py).
@@ -220,6 +221,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 if tracker and tracker.metric in results:
                     improved = tracker.update(done, results[tracker.metric])
                     stop_early = tracker.exhausted
+                # fusion.balance='gradient_blending': new weights from the heads' eval losses
+                state = trainer.balance.reestimate_state(state, objective, results, state_shardings)
             stop = preemption.should_stop(done)
             if (done % config.checkpoint_every == 0 or is_last or stop or save_timer.due()
                     or improved or stop_early):

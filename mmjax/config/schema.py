@@ -18,7 +18,8 @@ from typing import Any
 
 import ml_collections
 
-from mmjax.contract import CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OPTIMIZERS, REMAT_POLICIES, TASKS
+from mmjax.contract import (BALANCE, CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OGM_TASKS, OPTIMIZERS,
+                            REMAT_POLICIES, TASKS)
 
 
 class UserError(Exception):
@@ -368,6 +369,15 @@ SCHEMA = Group("the run", dict(
         num_bottlenecks=Key(4, "bottleneck: shared bottleneck tokens", check=positive_int),
         num_latents=Key(8, "cross: latent tokens", check=positive_int),
         modality_embed=Key(True, "joint: add a learned per-modality embedding to its tokens"),
+        aux_weight=Key(0.0, "> 0: a classifier head per modality on its pooled encoder output, its task loss "
+                            "times this added to the fused loss (train/accuracy_<m>, eval/accuracy_<m>_only)",
+                       check=at_least_zero),
+        balance=Key("none", "modality balancing (needs aux_weight > 0): 'ogm_ge' (scale a leading encoder's "
+                            "gradients) or 'gradient_blending' (loss weights per head from G/O^2 at each eval)",
+                    choices=BALANCE),
+        ogm_alpha=Key(0.5, "ogm_ge: a leading encoder's gradients times 1 - tanh(ogm_alpha * (ratio - 1))",
+                      check=positive),
+        ogm_noise=Key(True, "ogm_ge: add Gaussian noise with the gradient's std to the scaled gradients (GE)"),
     )),
     modality_dropout=Key(0.0, "drop whole modalities per training example with this probability (never all)",
                          check=fraction),
@@ -505,6 +515,7 @@ def _check_across_keys(config) -> None:
             _fail("loss.task", "'none' with config.loss.contrastive 'none' leaves nothing to train")
         if config.eval_without or any(e.kind == "without_modality" for e in config.evals.values()):
             _fail("eval_without", "needs a task loss (config.loss.task is 'none')")
+    _check_balance(config)
     for m in config.modalities:
         tower = config.model[m]
         if tower.lora_rank > 0:
@@ -517,6 +528,29 @@ def _check_across_keys(config) -> None:
         _fail("early_stop_patience", "needs config.select_best, the metric whose evaluations decide when to stop, "
               "e.g. --config.select_best=eval/accuracy")
     check_modalities_fit(config)
+
+
+def _check_balance(config) -> None:
+    """The per-modality heads need a task; balancing needs the heads (and its own inputs)."""
+    f, task = config.fusion, config.loss.task
+    if f.aux_weight > 0 and task == "none":
+        _fail("fusion.aux_weight", "per-modality heads need a task loss (config.loss.task is 'none')")
+    if f.balance == "none":
+        return
+    if f.aux_weight <= 0:
+        _fail("fusion.balance", f"{f.balance!r} reads the per-modality heads: set config.fusion.aux_weight > 0 "
+                                "(e.g. 1.0)")
+    if len(config.modalities) < 2:
+        _fail("fusion.balance", f"{f.balance!r} balances two or more modalities; config.modalities is "
+                                f"{tuple(config.modalities)}")
+    if f.balance == "ogm_ge" and task not in OGM_TASKS:
+        _fail("fusion.balance", f"'ogm_ge' scores each head by its probability of the true target, which "
+                                f"config.loss.task={task!r} has not; use {' or '.join(OGM_TASKS)}, or "
+                                "'gradient_blending'")
+    if f.balance == "gradient_blending" and not any(
+            e.kind == "task" and e.prefix == "eval/" for e in config.evals.values()):
+        _fail("fusion.balance", "'gradient_blending' re-estimates its weights from the 'task' evaluator with "
+                                "prefix 'eval/' (the default config.evals.eval); add one")
 
 
 def validate(config) -> None:

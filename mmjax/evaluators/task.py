@@ -1,5 +1,6 @@
 """kind 'task': the objective's metrics over a data set (loss, accuracy or the multilabel /
-regression metrics, and contrastive recall@1), as config.loss defines them."""
+regression metrics, contrastive recall@1, and each per-modality head's metrics alone as
+'<prefix>accuracy_<m>_only'), as config.loss and config.fusion.aux_weight define them."""
 
 from __future__ import annotations
 
@@ -14,4 +15,4 @@ class TaskEvaluator(Evaluator):
         return objective.sums(outputs, batch, batch[WEIGHT])
 
     def metrics(self, totals: dict) -> dict:
-        return self.context.objective.metrics(totals, self.prefix)
+        return self.context.objective.metrics(totals, self.prefix, only=True)  # eval/accuracy_<m>_only

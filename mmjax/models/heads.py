@@ -52,6 +52,20 @@ HEAD_STYLES = {"mmjax": HeadStyle("mean", True, "dense", MAX_SCALE), "clip": Hea
                "siglip": HeadStyle("tower", False, "", None)}
 
 
+class UnimodalHeads(nn.Module):
+    """One ClassificationHead per modality (config.fusion.aux_weight > 0), each on that
+    modality's pooled encoder output: {modality: [B, D_m]} -> {modality: [B, C]}.
+    Parameters: '<modality>' -> {'ln', 'out'}."""
+
+    modalities: tuple[str, ...]
+    num_classes: int
+    norm: bool = True
+
+    @nn.compact
+    def __call__(self, pooled: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        return {m: ClassificationHead(self.num_classes, norm=self.norm, name=m)(pooled[m]) for m in self.modalities}
+
+
 class ContrastiveHead(nn.Module):
     """Per modality: [LayerNorm +] projection to a shared `dim` (style), L2-normalised; plus
     a learned log-temperature and (for kind='sigmoid') a learned bias.

@@ -6,12 +6,14 @@
     logits, aux = model.apply(variables, batch, train=False, aux=True)
 
 `aux` holds 'present' ({modality: bool [B]}: which modalities each example kept after
-its presence flags and modality dropout) and, with a contrastive loss
-configured, 'embeddings' {modality: [B, dim]}, 'scale' and 'bias' (heads.ContrastiveHead).
+its presence flags and modality dropout); with a contrastive loss configured,
+'embeddings' {modality: [B, dim]}, 'scale' and 'bias' (heads.ContrastiveHead); and with
+config.fusion.aux_weight > 0, 'unimodal' {modality: [B, C]}, each modality's own head's
+outputs on its masked-mean-pooled encoder tokens (heads.UnimodalHeads).
 The head's outputs are class logits, per-class logits (multi-label) or regression values.
 
 Parameter tree: {'image', 'text', 'audio' (those configured), 'fusion', 'head',
-'contrastive' (with a contrastive loss)}.
+'contrastive' (with a contrastive loss), 'unimodal' (with per-modality heads)}.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from mmjax.contract import MODALITIES
 from mmjax.models import layers, missing
 from mmjax.models.audio import AUDIO_ENCODERS
 from mmjax.models.fusion import FUSIONS
-from mmjax.models.heads import HEAD_STYLES, ClassificationHead, ContrastiveHead
+from mmjax.models.heads import HEAD_STYLES, ClassificationHead, ContrastiveHead, UnimodalHeads
 from mmjax.models.image import IMAGE_ENCODERS
 from mmjax.models.text import TEXT_ENCODERS
 
@@ -54,6 +56,7 @@ class MultimodalClassifier(nn.Module):
     text: nn.Module | None = None
     audio: nn.Module | None = None
     contrastive: nn.Module | None = None
+    unimodal: nn.Module | None = None
     modality_dropout: float = 0.0
 
     def encoders(self) -> list[tuple[str, nn.Module]]:
@@ -91,6 +94,8 @@ class MultimodalClassifier(nn.Module):
         if self.contrastive is not None:  # also without aux, so init creates its parameters
             pooled = tower_pooled or {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
             extras.update(self.contrastive(pooled))
+        if self.unimodal is not None:  # likewise: the heads exist whether or not aux is asked for
+            extras["unimodal"] = self.unimodal({m: layers.masked_mean(*features[m]) for m in self.unimodal.modalities})
         return (logits, extras) if aux else logits
 
 
@@ -112,10 +117,18 @@ def contrastive_head(config: Any) -> ContrastiveHead | None:
                            kind=str(loss.contrastive), style=style)
 
 
+def unimodal_heads(config: Any, num_classes: int) -> UnimodalHeads | None:
+    """A head per configured modality when config.fusion.aux_weight > 0, else None."""
+    if config.fusion.aux_weight <= 0:
+        return None
+    return UnimodalHeads(tuple(config.modalities), int(num_classes), norm=bool(config.model.head_norm))
+
+
 def build_model(config: Any, num_classes: int) -> MultimodalClassifier:
-    """The model for config.modalities, config.model.<modality>, config.fusion, the head
-    (config.model.head_norm) and config.loss.contrastive; num_classes is the number of
-    head outputs (classes, labels or regression targets).
+    """The model for config.modalities, config.model.<modality>, config.fusion (the core and
+    the per-modality heads of fusion.aux_weight), the head (config.model.head_norm) and
+    config.loss.contrastive; num_classes is the number of head outputs (classes, labels or
+    regression targets).
 
     The config's values are trusted (mmjax.config.validate checked them), except that the
     keys naming modalities are checked again here: the data may have narrowed
@@ -129,6 +142,7 @@ def build_model(config: Any, num_classes: int) -> MultimodalClassifier:
         fusion=FUSIONS[config.fusion.kind].from_config(config),
         head=ClassificationHead(int(num_classes), norm=bool(config.model.head_norm)),
         contrastive=contrastive_head(config),
+        unimodal=unimodal_heads(config, num_classes),
         modality_dropout=float(config.modality_dropout),
         **encoders,
     )

@@ -2,12 +2,14 @@
 
     state.py   the TrainState, the optimizer, the batch layout and the sharded state shapes
     steps.py   the train step and the ahead-of-time compilation of train and eval steps
+    balance.py modality balancing (config.fusion.balance): OGM-GE, gradient blending
 """
 
+from mmjax.trainer import balance
 from mmjax.trainer.state import TrainState, batch_shapes, make_optimizer, sharded_state_shapes
 from mmjax.trainer.steps import as_user_error, compile_eval_step, compile_train_step, make_train_step
 
 __all__ = [
-    "TrainState", "batch_shapes", "make_optimizer", "sharded_state_shapes",
+    "balance", "TrainState", "batch_shapes", "make_optimizer", "sharded_state_shapes",
     "as_user_error", "compile_eval_step", "compile_train_step", "make_train_step",
 ]

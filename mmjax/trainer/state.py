@@ -13,16 +13,20 @@ import numpy as np
 import optax
 from flax import struct
 
-from mmjax import pretrained, sharding
+from mmjax import objectives, pretrained, sharding
 from mmjax.config import UserError
 from mmjax.contract import AUDIO_LENGTH, OPTIMIZERS, WEIGHT, presence_key
 from mmjax.data import sources, targets
+from mmjax.trainer import balance
 
 
 class TrainState(struct.PyTreeNode):
     step: jax.Array
     params: Any
     opt_state: Any
+    # config.fusion.balance='gradient_blending': its weights and history (balance.BlendState);
+    # None otherwise, which adds no leaf, so other runs' checkpoints are as they were.
+    balance: Any = None
 
 
 # ============================================================================ optimizer
@@ -81,18 +85,24 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bo
 
 
 # ============================================================================ sharded state
-def sharded_state_shapes(model: nn.Module, tx: optax.GradientTransformation, shapes: dict, mesh):
+def sharded_state_shapes(model: nn.Module, tx: optax.GradientTransformation, shapes: dict, mesh,
+                         *, objective: objectives.Objective | None = None):
     """Abstract sharded TrainState, its shardings, and a jitted init that creates it sharded.
 
     The state is born sharded: shapes first (no memory), shardings from the logical axis
     names, then init compiled with those output shardings, so no device ever holds more
-    than its shard.
+    than its shard. `objective` (needed for fusion.balance='gradient_blending', whose
+    weights live in the state) decides TrainState.balance.
     """
+    blend = None
+    if objective is not None and objective.balance == "gradient_blending" and objective.heads:
+        blend = balance.initial_blend(len(objective.blend_heads))
 
     def init_state(rng: jax.Array) -> TrainState:
         dummy = {k: jnp.zeros(s, dt) for k, (s, dt) in shapes.items()}
         params = model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          balance=jax.tree.map(jnp.asarray, blend))
 
     rng_shape = jax.eval_shape(jax.random.key, 0)  # abstract: nothing is placed on a device
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):

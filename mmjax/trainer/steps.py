@@ -18,6 +18,7 @@ import optax
 
 from mmjax import objectives, sharding
 from mmjax.config import UserError
+from mmjax.trainer import balance
 from mmjax.trainer.state import TrainState, batch_shapes
 
 
@@ -37,28 +38,45 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     """One optimizer update on a global batch; returns the new state and scalar metrics.
 
     `objective` (default: classification) says what the loss is; the metrics are
-    'train/loss', the objective's own ('train/accuracy', ...), 'train/grad_norm',
-    'train/learning_rate', 'train/skipped_steps' and, for contrastive runs,
-    'train/contrastive_scale'.
+    'train/loss', the objective's own ('train/accuracy', ..., and 'train/accuracy_<m>' of
+    per-modality heads), 'train/grad_norm', 'train/learning_rate', 'train/skipped_steps',
+    for contrastive runs 'train/contrastive_scale', and with modality balancing
+    'train/balance_<m>' (OGM-GE's gradient scale, or the blend weight of each head).
 
     A step whose loss, gradient or update is not finite keeps the old parameters and
     optimizer state (the step count still advances) and reports train/skipped_steps=1.
     """
     objective = objective or objectives.Objective()
+    blending = objective.balance == "gradient_blending" and bool(objective.heads)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(dropout_rng, state.step)
         weights = jnp.ones(jax.tree.leaves(batch)[0].shape[:1], jnp.float32)
+        if blending and state.balance is None:
+            raise ValueError("fusion.balance='gradient_blending' keeps its weights in the state: build it with "
+                             "trainer.sharded_state_shapes(..., objective=objective)")
+        blend = state.balance.weights if blending else None
 
         def loss_fn(params):
             outputs = model.apply(
                 {"params": params}, batch, train=True, aux=objective.needs_aux, rngs={"dropout": rng}
             )
             sums = objective.sums(outputs, batch, weights)
-            extra = {"train/contrastive_scale": outputs[1]["scale"]} if objective.needs_aux else {}
-            return objective.loss(sums), (sums, extra)
+            extra = {"train/contrastive_scale": outputs[1]["scale"]} if objective.contrastive != "none" else {}
+            return objective.loss(sums, blend), (sums, extra)
 
         (loss, (sums, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new_balance = state.balance
+        if objective.balance == "ogm_ge" and objective.heads:
+            scores = {m: sums["unimodal"][m]["score"] / jnp.maximum(sums["unimodal"][m]["count"], 1.0)
+                      for m in objective.heads}
+            coefficients = balance.ogm_coefficients(scores, objective.ogm_alpha)
+            noise_rng = jax.random.fold_in(rng, balance.NOISE_STREAM) if objective.ogm_noise else None
+            grads = balance.modulate(grads, coefficients, noise_rng)
+            extra.update({f"train/balance_{m}": c for m, c in coefficients.items()})
+        if blending:
+            new_balance = balance.accumulate(state.balance, objective.head_losses(sums))
+            extra.update(balance.blend_metrics(objective, state.balance))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
@@ -67,9 +85,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             step=state.step + 1,
             params=keep_if_bad(optax.apply_updates(state.params, updates), state.params),
             opt_state=keep_if_bad(opt_state, state.opt_state),
+            balance=keep_if_bad(new_balance, state.balance),
         )
         metrics = {
-            **objective.metrics(sums, "train/"),
+            **objective.metrics(sums, "train/", blend=blend),
             **extra,
             "train/grad_norm": grad_norm,
             "train/learning_rate": schedule(state.step),
