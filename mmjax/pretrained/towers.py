@@ -106,7 +106,7 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
         spec = str(sub.init_from)
         if not spec:
             continue
-        values, _, _ = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
+        values, _, path = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
         for key, value in values["model"].items():
             where = f"config.model.{modality}.{key}"
             if key not in sub:
@@ -130,8 +130,28 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
                 if current != value:
                     raise ValueError(f"config.data.audio_rate={current} but {spec} expects {value} Hz audio; set "
                                      f"--config.data.audio_rate={value}")
+        if spec.startswith("hf:"):
+            _use_checkpoint_preprocessing(config, defaults, modality, spec, path)
         done.append(modality)
     return done
+
+
+# config.data keys that name a modality's preprocessing; an hf: tower supplies its own.
+_PREPROCESSING = {"image": "image_processor", "text": "tokenizer"}
+
+
+def _use_checkpoint_preprocessing(config, defaults, modality: str, spec: str, path: str) -> None:
+    """config.data.image_processor / tokenizer left at their defaults become 'hf:<the folder>';
+    another value the user set is a ValueError naming both (audio needs only the rate, checked above)."""
+    key = _PREPROCESSING.get(modality)
+    if key is None:
+        return
+    own, current = f"hf:{path}", str(config.data[key])
+    if current == str(defaults.data[key]):
+        config.data[key] = own
+    elif os.path.abspath(current[3:]) != os.path.abspath(path) or not current.startswith("hf:"):
+        raise ValueError(f"config.data.{key}={current!r} but the {modality} tower {spec} brings its own "
+                         f"({own}); drop the override")
 
 
 def _same(a: Any, b: Any) -> bool:
