@@ -145,6 +145,14 @@ def read_processor(folder: str, part: str = "image_processor") -> dict:
         _read_json(os.path.join(folder, PROCESSOR_FILES[1])).get(part, {})
 
 
+def processor_size(processor: dict) -> int:
+    """The square size an image processor produces (its crop, else its resize)."""
+    size = (processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")) or {}
+    if "height" in size and "width" in size and int(size["height"]) == int(size["width"]):
+        return int(size["height"])
+    raise ValueError(f"image processor size {size} is not square")
+
+
 def image_resize(spec: str) -> ImageResize:
     """config.data.image_processor / --image_from: '' (mmjax's own) or 'hf:DIR' (its processor)."""
     if not spec:

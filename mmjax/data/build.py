@@ -259,9 +259,7 @@ def _checkpoint_preprocessing(image_from: str, image_size: int, audio_from: str,
     try:
         resize = media.image_resize(image_from)
         if image_from and not image_size:
-            processor = media.read_processor(media.checkpoint_folder(image_from))
-            crop = processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")
-            image_size = int(crop["height"])
+            image_size = media.processor_size(media.read_processor(media.checkpoint_folder(image_from)))
         if audio_from:
             extractor = media.read_processor(media.checkpoint_folder(audio_from), "feature_extractor")
             rate = int(extractor.get("sampling_rate", 0))

@@ -18,16 +18,7 @@ from mmjax import media
 Tokenizer = media.CheckpointTokenizer
 
 
-def processor_size(processor: dict) -> int:
-    """The square size an image processor produces (its crop, else its resize)."""
-    size = processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")
-    size = size or {}
-    if "height" in size and "width" in size and int(size["height"]) == int(size["width"]):
-        return int(size["height"])
-    raise ValueError(f"image processor size {size} is not square")
-
-
 def load_image(path_or_image, processor: dict) -> np.ndarray:
     """An image file (or PIL image) -> uint8 [H, W, 3] as the processor resizes and crops it."""
     image = path_or_image if isinstance(path_or_image, Image.Image) else media.open_image(path_or_image)
-    return media.ImageResize.from_processor(processor).apply(image, processor_size(processor))
+    return media.ImageResize.from_processor(processor).apply(image, media.processor_size(processor))
