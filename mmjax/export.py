@@ -14,6 +14,8 @@ E/ holds everything `python -m mmjax.predict` (no training stack) needs:
                          CPU, CUDA and TPU, with a symbolic batch size:
                          f(params, batch) -> {'logits', 'probabilities'} [b, classes]
   tokenizer.model        the SentencePiece model, when the run used one
+  tokenizer/             a checkpoint's own tokenizer files (data.tokenizer='hf:DIR'), and
+  image_processor/       its image processor file (data.image_processor='hf:DIR'), when used
 Text and audio lengths are fixed at the run's data.text_length and data.audio_samples: the
 encoders' learned position tables have that many rows, so the predictor pads and cuts inputs
 exactly as the training pipeline did (padding is masked inside the model). The folder is
@@ -42,6 +44,7 @@ import numpy as np
 from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
+from mmjax import media
 from mmjax import predict as predict_lib
 from mmjax import objectives, sharding, trainer
 from mmjax.config import UserError, cli
@@ -51,6 +54,7 @@ from mmjax.models.layers import LORA_PARAMS, lora_scale, merge_lora
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+TOKENIZER_DIR, PROCESSOR_DIR = "tokenizer", "image_processor"  # a checkpoint's files, copied
 
 
 # ---------------------------------------------------------------- parameter trees
@@ -203,13 +207,38 @@ def export_function(config, num_classes: int, flat_params: dict, *, platforms=PL
 
 
 # ---------------------------------------------------------------- the folder
-def _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file) -> dict:
+def _copy_preprocessing(config, folder: str) -> dict:
+    """Copies the files the run's tokenizer and image processor need into the export folder;
+    returns {'tokenizer': name for media.make_tokenizer relative to the folder ('bytes',
+    'tokenizer.model', 'hf:tokenizer'), 'image_processor': '' or 'hf:image_processor'}."""
+    d, names = config.data, {"tokenizer": "bytes", "image_processor": ""}
+    if "text" in config.modalities and d.tokenizer.startswith(media.CHECKPOINT_PREFIX):
+        source = media.checkpoint_folder(d.tokenizer)
+        os.makedirs(os.path.join(folder, TOKENIZER_DIR))
+        for name in media.TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copyfile(os.path.join(source, name), os.path.join(folder, TOKENIZER_DIR, name))
+        names["tokenizer"] = media.CHECKPOINT_PREFIX + TOKENIZER_DIR
+    elif "text" in config.modalities and d.tokenizer not in ("", "bytes"):
+        shutil.copyfile(d.tokenizer, os.path.join(folder, predict_lib.TOKENIZER_FILE))
+        names["tokenizer"] = predict_lib.TOKENIZER_FILE
+    if "image" in config.modalities and d.image_processor:
+        source = media.processor_file(media.checkpoint_folder(d.image_processor))
+        os.makedirs(os.path.join(folder, PROCESSOR_DIR))
+        shutil.copyfile(source, os.path.join(folder, PROCESSOR_DIR, os.path.basename(source)))
+        names["image_processor"] = media.CHECKPOINT_PREFIX + PROCESSOR_DIR
+    return names
+
+
+def _spec(config, class_names, step, workdir, meta, dtype, platforms, files: dict) -> dict:
     d, m = config.data, config.model
     preprocess = {}
     if "image" in config.modalities:
+        resize = media.image_resize(d.image_processor)
         preprocess["image"] = {"size": int(d.image_size), "channels": "RGB uint8",
-                               "resize": "centred square, then bilinear (antialiased) to size x size",
-                               "normalisation": "x / 127.5 - 1, inside the exported function"}
+                               "resize": resize.to_json(), "processor": files["image_processor"],
+                               "normalisation": "inside the exported function (x / 127.5 - 1, or the "
+                                                "checkpoint's pixel mean/std)"}
     if "audio" in config.modalities:
         preprocess["audio"] = {"sample_rate": int(d.audio_rate), "samples": int(d.audio_samples),
                                "mono": "channels averaged", "resampling": "polyphase FIR (Kaiser 5)",
@@ -217,8 +246,10 @@ def _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_
                                                "n_mels": int(m.audio.n_mels), "window": int(m.audio.window),
                                                "hop": int(m.audio.hop)}}
     if "text" in config.modalities:
-        preprocess["text"] = {"length": int(d.text_length), "tokenizer": tokenizer_file or "bytes",
-                              "ids": "tokenizer ids + 2; 0 = padding, 1 = reserved"}
+        tokenizer = media.make_tokenizer(d.tokenizer)
+        ids = ("tokenizer ids + 2; 0 = padding, 1 = reserved" if tokenizer.offset else
+               f"the checkpoint tokenizer's own ids; padded with {tokenizer.pad_id}")
+        preprocess["text"] = {"length": int(d.text_length), "tokenizer": files["tokenizer"], "ids": ids}
     return {
         "format": predict_lib.FORMAT,
         "modalities": list(config.modalities),
@@ -272,11 +303,11 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
     try:
-        tokenizer_file = None
-        if "text" in config.modalities and config.data.tokenizer not in ("", "bytes"):
-            tokenizer_file = predict_lib.TOKENIZER_FILE
-            shutil.copyfile(config.data.tokenizer, os.path.join(tmp, tokenizer_file))
-        spec = _spec(config, class_names, step, workdir, meta, dtype, platforms, tokenizer_file)
+        try:
+            files = _copy_preprocessing(config, tmp)
+        except (ValueError, OSError) as e:
+            raise UserError(f"the run's preprocessing files: {e}") from None
+        spec = _spec(config, class_names, step, workdir, meta, dtype, platforms, files)
         if merged:
             spec["source"]["lora_merged"] = merged
         predict_lib.write_safetensors(os.path.join(tmp, predict_lib.PARAMS_FILE), flat,

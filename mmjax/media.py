@@ -1,24 +1,31 @@
 """Raw media -> what a model is fed: the one definition shared by the data build and predict.
 
 image: a PNG, JPEG, BMP, GIF, TIFF, WEBP or PPM file (IMAGE_FORMATS) or an array
-[H, W(, C)] -> RGB uint8 [size, size, 3]: the shorter side is resized to `size` (Pillow's
-bilinear filter) after cutting out the centred square, so the aspect ratio is kept.
+[H, W(, C)] -> RGB uint8 [size, size, 3], as an ImageResize says: mmjax's own ('square':
+the centred square, then Pillow's bilinear filter) or a checkpoint's image processor
+('stretch' to size x size, or 'shortest_edge' then a centred crop, with its filter).
 audio: a WAV file (PCM 8/16/24/32-bit or float, any channels) or an array -> mono float32
 in [-1, 1] at the target rate (channels averaged, scipy's polyphase resampling), and a
 waveform -> the batch's fixed length plus its valid sample count.
-text: token ids with the contract's layout (0 padding, 1 reserved, the tokenizer's own ids
-from 2), cut or padded to a length: UTF-8 bytes by default, or a SentencePiece model.
+text: token ids cut or padded (with the tokenizer's pad_id) to a length: mmjax's layout
+(0 padding, 1 reserved, the tokenizer's own ids from 2) for UTF-8 bytes (default) or a
+SentencePiece model; a checkpoint's own tokenizer ('hf:DIR': its tokenizer.json or
+spiece.model) gives its real ids, special tokens and padding id.
 Every failure raises ValueError with a short reason naming the file.
 
-This module imports only numpy, Pillow, scipy and the contract (sentencepiece only when a
-SentencePiece model is used), so build worker processes start fast and the predictor runs
-without the training stack.
+This module imports only numpy, Pillow, scipy and the contract (sentencepiece or
+tokenizers only when such a tokenizer is used), so build worker processes start fast and
+the predictor runs without the training stack.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import re
+import string
 import warnings
 
 import numpy as np
@@ -37,7 +44,127 @@ IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_PIXELS = 89_478_485
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+# How an image becomes size x size. 'square' (mmjax's own): the centred square, then resized.
+# A checkpoint's image processor: 'stretch' (resized to size x size, aspect ignored: ViT and
+# SigLIP) or 'shortest_edge' (the shorter side to size * edge_ratio keeping the aspect, the long
+# side rounded down, then the centred size x size crop: CLIP), each with the processor's filter.
+RESIZE_METHODS = ("square", "stretch", "shortest_edge")
+# transformers' PILImageResampling numbers -> names (processor files store the number).
+RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+CHECKPOINT_PREFIX = "hf:"  # a transformers save_pretrained folder, for its processor or tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResize:
+    """A resize policy (see RESIZE_METHODS); the default is mmjax's own."""
+
+    method: str = "square"
+    resample: str = "bilinear"
+    edge_ratio: float = 1.0  # shortest_edge: the processor's shortest_edge / crop size
+
+    def __post_init__(self):
+        if self.method not in RESIZE_METHODS or self.resample not in RESAMPLE_NAMES.values():
+            raise ValueError(f"image resize {self.to_json()} is not one of {RESIZE_METHODS} with a filter of "
+                             f"{', '.join(RESAMPLE_NAMES.values())}")
+
+    @classmethod
+    def from_processor(cls, processor: dict) -> "ImageResize":
+        """The policy of a transformers image processor (preprocessor_config.json)."""
+        size = processor.get("size") or {}
+        resample = RESAMPLE_NAMES[int(processor.get("resample", 3))]
+        if "height" in size and "width" in size and not processor.get("do_center_crop", False):
+            return cls("stretch", resample)
+        if "shortest_edge" in size and processor.get("do_center_crop", False) and processor.get("crop_size"):
+            crop = processor["crop_size"]
+            return cls("shortest_edge", resample, float(size["shortest_edge"]) / float(crop["height"]))
+        raise ValueError(f"image processor size {size} with do_center_crop={processor.get('do_center_crop')} "
+                         "is not supported (height/width, or shortest_edge with a centre crop)")
+
+    @classmethod
+    def from_json(cls, value: dict | None) -> "ImageResize":
+        """From a data set's or an export's spec ('resize'; absent: mmjax's own)."""
+        return cls(**value) if value else cls()
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def apply(self, picture: Image.Image, size: int) -> np.ndarray:
+        """Pillow image -> RGB uint8 [size, size, 3]."""
+        picture = picture.convert("RGB")
+        w, h = picture.size
+        if w == 0 or h == 0:
+            raise ValueError("image is empty (0 pixels)")
+        resample = getattr(Image.Resampling, self.resample.upper())
+        if self.method == "stretch":
+            return np.asarray(picture.resize((size, size), resample), np.uint8)
+        if self.method == "square":
+            # Crop the centred square first, so the resize filter never reaches outside it.
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            picture = picture.crop((left, top, left + side, top + side))
+            return np.asarray(picture.resize((size, size), resample), np.uint8)
+        short = int(round(size * self.edge_ratio))
+        long = int(short * max(w, h) / min(w, h))
+        new_w, new_h = (short, long) if w <= h else (long, short)
+        picture = picture.resize((new_w, new_h), resample)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        return np.asarray(picture.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def checkpoint_folder(spec: str) -> str:
+    """'hf:DIR' -> DIR, a local transformers folder (hub names resolve in training, not here)."""
+    folder = spec[len(CHECKPOINT_PREFIX):] if spec.startswith(CHECKPOINT_PREFIX) else ""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{spec!r} is not 'hf:DIR' with DIR a local transformers save_pretrained folder")
+    return folder
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+# The files a checkpoint's preprocessing is read from (mmjax.export copies them).
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
+def processor_file(folder: str) -> str | None:
+    """The folder's image processor / feature extractor file, or None."""
+    return next((os.path.join(folder, f) for f in PROCESSOR_FILES if os.path.isfile(os.path.join(folder, f))), None)
+
+
+def read_processor(folder: str, part: str = "image_processor") -> dict:
+    """preprocessor_config.json, or the `part` entry of processor_config.json ({} if neither)."""
+    return _read_json(os.path.join(folder, PROCESSOR_FILES[0])) or \
+        _read_json(os.path.join(folder, PROCESSOR_FILES[1])).get(part, {})
+
+
+def processor_size(processor: dict) -> int:
+    """The square size an image processor produces (its crop, else its resize)."""
+    size = (processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")) or {}
+    if "height" in size and "width" in size and int(size["height"]) == int(size["width"]):
+        return int(size["height"])
+    raise ValueError(f"image processor size {size} is not square")
+
+
+def image_resize(spec: str) -> ImageResize:
+    """config.data.image_processor / --image_from: '' (mmjax's own) or 'hf:DIR' (its processor)."""
+    if not spec:
+        return ImageResize()
+    folder = checkpoint_folder(spec)
+    processor = read_processor(folder)
+    if not processor:
+        raise ValueError(f"{spec}: no image processor ({' or '.join(PROCESSOR_FILES)})")
+    return ImageResize.from_processor(processor)
+
+
+def resize_image(image: np.ndarray, size: int, resize: ImageResize = ImageResize()) -> np.ndarray:
     """Array [H, W], [H, W, 1|3|4] (uint8 or float in 0..1/0..255) -> uint8 [size, size, 3]."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -48,25 +175,12 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
         if image.dtype.kind == "f" and image.size and float(np.max(image)) <= 1.0:
             image = image * 255.0  # floats in 0..1
         image = np.clip(np.rint(image.astype(np.float64)), 0, 255).astype(np.uint8)
-    return _fit(Image.fromarray(image), size)
+    return resize.apply(Image.fromarray(image), size)
 
 
-def _fit(picture: Image.Image, size: int) -> np.ndarray:
-    """Pillow image -> RGB uint8 [size, size, 3]: shorter side to `size`, centre crop."""
-    picture = picture.convert("RGB")
-    w, h = picture.size
-    if w == 0 or h == 0:
-        raise ValueError("image is empty (0 pixels)")
-    # Crop the centred square first, so the resize filter never reaches outside it.
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = picture.crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
-
-
-def load_image(path: str, size: int) -> np.ndarray:
+def load_image(path: str, size: int, resize: ImageResize = ImageResize()) -> np.ndarray:
     """Decodes an image file -> uint8 [size, size, 3]; raises ValueError if it cannot."""
-    return _fit(open_image(path), size)
+    return resize.apply(open_image(path), size)
 
 
 def open_image(path: str) -> Image.Image:
@@ -158,10 +272,11 @@ def pad_audio(wave: np.ndarray, samples: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ================================================================ text
-# config.data.tokenizer: 'bytes' (default, no files) or a SentencePiece model file. Ids 0
-# (PAD_ID) and 1 (RESERVED_ID: unknown / dropped token) are the contract's; the
-# tokenizer's own ids start at OFFSET, and `vocab_size` counts the two, so the text encoder
-# needs config.model.text.vocab_size >= vocab_size.
+# config.data.tokenizer: 'bytes' (default, no files), a SentencePiece model file, or 'hf:DIR'
+# (a checkpoint's own tokenizer). For the first two, ids 0 (PAD_ID) and 1 (RESERVED_ID:
+# unknown / dropped token) are the contract's and the tokenizer's own ids start at OFFSET;
+# a checkpoint's tokenizer gives its real ids and pads with its own pad token. `vocab_size`
+# counts every id, so the text encoder needs config.model.text.vocab_size >= vocab_size.
 RESERVED_ID = 1
 OFFSET = 2
 
@@ -171,14 +286,21 @@ class ByteTokenizer:
 
     name = "bytes"
     vocab_size = 256 + OFFSET
+    pad_id = PAD_ID
+    eos_id = None
+    offset = True  # mmjax's layout: ids 0 and 1 are the contract's (text dropout uses 1)
 
-    def ids(self, text: str) -> np.ndarray:
+    def ids(self, text: str, length: int) -> list[int] | np.ndarray:
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + OFFSET
 
 
 class SentencePieceTokenizer:
     """SentencePiece pieces + 2. The model is loaded lazily in each process that uses it,
     so the tokenizer object itself is just a path (cheap to send to grain workers)."""
+
+    pad_id = PAD_ID
+    eos_id = None
+    offset = True
 
     def __init__(self, path: str):
         self.name = path
@@ -203,25 +325,105 @@ class SentencePieceTokenizer:
     def __setstate__(self, state):
         self.name, self.vocab_size, self._processor = state["name"], state["vocab_size"], None
 
-    def ids(self, text: str) -> np.ndarray:
+    def ids(self, text: str, length: int) -> np.ndarray:
         return np.asarray(self._load().encode(text), np.int32) + OFFSET
 
 
+class CheckpointTokenizer:
+    """A transformers folder's own tokenizer: tokenizer.json (the `tokenizers` package, with its
+    special tokens and truncation that keeps them) or spiece.model (sentencepiece, the end token
+    appended as SigLIP's tokenizer does); real ids, padded with the checkpoint's pad token.
+    Loaded lazily in each process, like SentencePieceTokenizer."""
+
+    offset = False
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.name = CHECKPOINT_PREFIX + folder
+        self.config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+        self.max_length = int(self.config.get("model_max_length", 0) or 0)
+        if self.max_length > 1_000_000:  # transformers' "no limit" sentinel
+            self.max_length = 0
+        self._impl = None
+        self.kind = "json" if os.path.isfile(os.path.join(folder, "tokenizer.json")) else "spm"
+        if self.kind == "spm" and not os.path.isfile(os.path.join(folder, "spiece.model")):
+            raise ValueError(f"{self.name}: neither tokenizer.json nor spiece.model (the checkpoint's tokenizer)")
+        impl = self._load()
+        if self.kind == "json":
+            pad, eos = self.config.get("pad_token"), self.config.get("eos_token")
+            self.pad_id = impl.token_to_id(pad) if pad else PAD_ID
+            self.eos_id = impl.token_to_id(eos) if eos else None
+            self.vocab_size = impl.get_vocab_size(with_added_tokens=True)
+        else:
+            self.pad_id = impl.piece_to_id(self.config.get("pad_token", "</s>"))
+            self.eos_id = impl.piece_to_id(self.config.get("eos_token", "</s>"))
+            self.vocab_size = impl.get_piece_size()
+        if self.pad_id is None:
+            raise ValueError(f"{self.name}: pad token {self.config.get('pad_token')!r} is not in its vocabulary")
+
+    def _load(self):
+        if self._impl is None:
+            try:
+                if self.kind == "json":
+                    from tokenizers import Tokenizer  # only runs and exports with such a tokenizer need it
+
+                    self._impl = Tokenizer.from_file(os.path.join(self.folder, "tokenizer.json"))
+                    self._impl.no_padding()
+                else:
+                    import sentencepiece
+
+                    self._impl = sentencepiece.SentencePieceProcessor(
+                        model_file=os.path.join(self.folder, "spiece.model"))
+            except (OSError, RuntimeError, ValueError) as e:  # tokenizers raises Exception subclasses
+                raise ValueError(f"{self.name}: cannot load the tokenizer ({e})") from None
+        return self._impl
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_impl"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _impl=None)
+
+    def normalise(self, text: str) -> str:
+        """SigLIP's tokenizer first lowercases (do_lower_case), drops punctuation and collapses spaces."""
+        if self.config.get("tokenizer_class") == "SiglipTokenizer":
+            if self.config.get("do_lower_case", True):
+                text = text.lower()
+            text = text.translate(str.maketrans("", "", string.punctuation))
+            text = re.sub(r"\s+", " ", text).strip()
+        return text
+
+    def ids(self, text: str, length: int) -> list[int]:
+        """At most `length` ids; a longer text is cut before its end tokens, which stay."""
+        impl = self._load()
+        if self.kind == "json":
+            impl.enable_truncation(length)
+            return impl.encode(text).ids
+        return impl.encode(self.normalise(text))[: length - 1] + [self.eos_id]
+
+    def encode(self, texts: list[str], length: int | None = None) -> np.ndarray:
+        """int32 [B, length] (default: the tokenizer's model_max_length)."""
+        return np.stack([tokenize(t, length or self.max_length, self) for t in texts])
+
+
 def make_tokenizer(name: str = "bytes"):
-    """'bytes' or a path to a SentencePiece model file -> a tokenizer."""
+    """'bytes', a path to a SentencePiece model file, or 'hf:DIR' -> a tokenizer."""
     if name in ("", "bytes"):
         return ByteTokenizer()
+    if name.startswith(CHECKPOINT_PREFIX):
+        return CheckpointTokenizer(checkpoint_folder(name))
     if not os.path.isfile(name):
         raise ValueError(f"config.data.tokenizer={name!r} is neither 'bytes' nor an existing "
-                         "SentencePiece model file")
+                         "SentencePiece model file nor 'hf:DIR'")
     return SentencePieceTokenizer(name)
 
 
 def tokenize(text: str, length: int, tokenizer=None) -> np.ndarray:
-    """Token ids as int32 [length], truncated or padded with PAD_ID."""
+    """Token ids as int32 [length], truncated or padded with the tokenizer's pad_id."""
     if not isinstance(text, str):
         raise ValueError(f"'text' must be a str, got {type(text).__name__}")
-    ids = (tokenizer or ByteTokenizer()).ids(text)[:length]
-    tokens = np.full(length, PAD_ID, np.int32)
+    tokenizer = tokenizer or ByteTokenizer()
+    ids = np.asarray(tokenizer.ids(text, length), np.int32)[:length]
+    tokens = np.full(length, tokenizer.pad_id, np.int32)
     tokens[: len(ids)] = ids
     return tokens

@@ -17,7 +17,10 @@ scipy, Pillow and flatbuffers (jax.export's deserializer): of mmjax it imports t
 contract, media.py and the manifest reader (data/manifest.py and data/format.py, standard
 library only), none of which pulls in flax, optax, orbax, grain, msgpack or ml_collections
 (tests/test_predict.py runs it with those blocked).
-sentencepiece is needed only for an export that carries a SentencePiece tokenizer.
+sentencepiece is needed only for an export that carries a SentencePiece tokenizer, and
+`tokenizers` only for one that carries a checkpoint's tokenizer.json; an export of a run with
+pretrained towers carries their tokenizer and image processor files, so raw files are prepared
+exactly as the training data were.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ class Preprocessor:
     audio_samples: int | None = None
     text_length: int | None = None
     tokenizer: Any = None  # a media.py tokenizer
+    image_resize: media.ImageResize = media.ImageResize()
 
     @classmethod
     def from_export(cls, preprocess: dict, export_dir: str) -> "Preprocessor":
@@ -135,25 +139,36 @@ class Preprocessor:
         image, audio, text = (preprocess.get(m) or {} for m in ("image", "audio", "text"))
         tokenizer = None
         if text:
-            name = text["tokenizer"]
-            tokenizer = media.make_tokenizer(name if name == "bytes" else os.path.join(export_dir, name))
+            tokenizer = media.make_tokenizer(_in_export(text["tokenizer"], export_dir))
+        # An image processor copied from a checkpoint (absent in older exports: mmjax's resize).
+        resize = media.image_resize(_in_export(image.get("processor", ""), export_dir))
         return cls(image_size=image.get("size"), audio_rate=audio.get("sample_rate"),
                    audio_samples=audio.get("samples"), text_length=text.get("length"),
-                   tokenizer=tokenizer)
+                   tokenizer=tokenizer, image_resize=resize)
 
     def row(self, image=None, audio=None, text=None) -> dict:
         """Any of: image (a path, or an array [H, W(, C)] of any size), audio (a WAV path, or
         mono float32 at audio_rate) and text (str) -> the batch fields they fill."""
         row = {}
         if image is not None:
-            row["image"] = (media.load_image(image, self.image_size) if isinstance(image, str)
-                            else media.resize_image(image, self.image_size))
+            row["image"] = (media.load_image(image, self.image_size, self.image_resize) if isinstance(image, str)
+                            else media.resize_image(image, self.image_size, self.image_resize))
         if audio is not None:
             wave = media.load_wav(audio, self.audio_rate) if isinstance(audio, str) else audio
             row["audio"], row[AUDIO_LENGTH] = media.pad_audio(wave, self.audio_samples)
         if text is not None:
             row["text"] = media.tokenize(text, self.text_length, self.tokenizer)
         return row
+
+
+def _in_export(name: str, export_dir: str) -> str:
+    """A tokenizer / processor name of export.json ('bytes', 'tokenizer.model', 'hf:tokenizer',
+    '') with its files' path inside the export folder."""
+    if name in ("", "bytes"):
+        return name
+    if name.startswith(media.CHECKPOINT_PREFIX):
+        return media.CHECKPOINT_PREFIX + os.path.join(export_dir, name[len(media.CHECKPOINT_PREFIX):])
+    return os.path.join(export_dir, name)
 
 
 # ============================================================================ the predictor

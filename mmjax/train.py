@@ -64,6 +64,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         sharding.check_batch_size(config.batch_size, mesh)
 
         # ------------------------------------------------------------ input
+        with as_user_error("config.model"):  # config.model.<m>.init_from: the checkpoint's architecture
+            pretrained.configure_towers(config)  # and preprocessing (data.tokenizer, data.image_processor)
         with as_user_error("config.data"):  # a bad path or a spec that does not fit the config
             train_source = sources.open_source(config.data.train, "train", config.data)
             # Each data set an evaluator reads (config.evals), opened once.
@@ -81,7 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 targets.check_task(source.spec, task, source.directory)
             for source in eval_sources.values():
                 targets.check_same_targets(train_source.spec, source.spec, task)
-            vocab = pipeline.check_preprocessing(config.data, modalities)  # tokenizer ids, 0 without text
+            vocab = pipeline.check_preprocessing(config, modalities)  # tokenizer ids, 0 without text
         if vocab > config.model.text.vocab_size:
             raise UserError(f"config.model.text.vocab_size={config.model.text.vocab_size} is smaller than "
                             f"the tokenizer's {vocab} ids; set --config.model.text.vocab_size={vocab}")
@@ -92,7 +94,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         # ------------------------------------------------------------ model and optimizer shapes
         with as_user_error("config.model"):  # unknown encoder/fusion kind and the like
-            pretrained.configure_towers(config)  # config.model.<m>.init_from: the checkpoint's architecture
             model = build_model(config, num_classes)
         with as_user_error("config.loss"):
             objective = objectives.Objective.from_config(config)

@@ -262,7 +262,12 @@ SCHEMA = Group("the run", dict(
         audio_rate=Key(8000, "audio sample rate in Hz", check=positive_int),
         audio_samples=Key(2048, "audio samples per example (padded or cut)", check=positive_int),
         text_length=Key(32, "text tokens per example (padded or cut)", check=positive_int),
-        tokenizer=Key("bytes", "'bytes' (UTF-8 bytes, no files) or a SentencePiece .model file"),
+        tokenizer=Key("bytes", "'bytes' (UTF-8 bytes + 2, no files), a SentencePiece .model file (ids + 2) or "
+                               "'hf:DIR' (that checkpoint's own tokenizer, real ids; the default of a text tower "
+                               "with init_from=hf:DIR)"),
+        image_processor=Key("", "how images were resized: '' (mmjax's centred square, bilinear) or 'hf:DIR' (that "
+                                "checkpoint's image processor; the default of an image tower with init_from=hf:DIR); "
+                                "must match the data's build (--image_from)"),
         tfds=Group("TFDS sources ('tfds:NAME', ArrayRecord format)", dict(
             data_dir=Key("", "TFDS data directory ('': TFDS's default)"),
             train_split=Key("train", "split read for data.train"),

@@ -1,12 +1,14 @@
 """Builds a data set directory from a user's files: manifest -> ArrayRecord shards + spec.json.
 
     python -m mmjax.data.build --manifest=FILE --out=DIR [--image_size=16] [--audio_rate=8000]
-        [--audio_samples=0] [--classes=...] [--optional_modalities=...] [--skip_bad]
-        [--workers=0] [--num_shards=0]
+        [--audio_samples=0] [--image_from=hf:DIR] [--audio_from=hf:DIR] [--classes=...]
+        [--optional_modalities=...] [--skip_bad] [--workers=0] [--num_shards=0]
 
 The manifest (JSON Lines or CSV, see manifest.py) is checked first; then worker processes
-(all cores by default) decode images (resized to image_size x image_size RGB) and WAV files
-(mono, resampled to audio_rate, cut to audio_samples if that is > 0), and the main process
+(all cores by default) decode images (resized to image_size x image_size RGB: the centred
+square, bilinear; or as the image processor of the checkpoint --image_from names, at its size
+unless --image_size) and WAV files (mono, resampled to audio_rate, or to the sampling rate of
+--audio_from's feature extractor; cut to audio_samples if that is > 0), and the main process
 writes the encoded examples in manifest order. Targets are stored as 'label' (class id),
 'labels' (int32 class ids) and 'target' (float32 [T]); spec.json lists them in 'tasks'.
 Rows may lack the modalities named in --optional_modalities (spec 'optional_modalities'):
@@ -50,7 +52,7 @@ def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
     """Manifest fields -> (stored example, facts for the spec); ValueError if undecodable."""
     example, facts = {}, {}
     if "image" in fields:
-        example["image"] = media.load_image(fields["image"], options["image_size"])
+        example["image"] = media.load_image(fields["image"], options["image_size"], options["image_resize"])
     if "audio" in fields:
         wave = media.load_wav(fields["audio"], options["audio_rate"])
         cap = options["audio_samples"]
@@ -130,6 +132,8 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
     if "image" in manifest.modalities:
         size = options["image_size"]
         modalities["image"] = {"height": size, "width": size, "channels": 3}
+        if options["image_from"]:  # absent: mmjax's own resize (every older data set)
+            modalities["image"].update(resize=options["image_resize"].to_json(), processor=options["image_from"])
     if "audio" in manifest.modalities:
         modalities["audio"] = {"sample_rate": options["audio_rate"],
                                "max_samples": int(facts["max_samples"])}
@@ -155,8 +159,8 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
 
 
 # ---------------------------------------------------------------- the build
-def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int = 8000,
-          audio_samples: int = 0, classes: str = "", modalities: str = "",
+def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int = 0,
+          audio_samples: int = 0, image_from: str = "", audio_from: str = "", classes: str = "", modalities: str = "",
           optional_modalities: str = "", skip_bad: bool = False, report: str = "", workers: int = 0, num_shards: int = 0,
           overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Builds DIR from a manifest (see module docstring); returns the spec written.
@@ -164,6 +168,7 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     Raises BuildError (or ManifestError, also a ValueError) with one line naming the
     problem; nothing that looks like a data set is left behind then.
     """
+    image_resize, image_size, audio_rate = _checkpoint_preprocessing(image_from, image_size, audio_from, audio_rate)
     if image_size <= 0 or audio_rate <= 0 or audio_samples < 0:
         raise BuildError("--image_size and --audio_rate must be > 0 and --audio_samples >= 0")
     manifest = read_manifest(
@@ -183,8 +188,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     workers = min(workers, math.ceil(len(rows) / _CHUNK))
     shards = num_shards or math.ceil(len(rows) / EXAMPLES_PER_SHARD)
     rows_per_part = math.ceil(len(rows) / max(1, min(shards, len(rows))))
-    options = {"image_size": image_size, "audio_rate": audio_rate, "audio_samples": audio_samples,
-               "optional": manifest.optional}
+    options = {"image_size": image_size, "image_resize": image_resize, "image_from": image_from,
+               "audio_rate": audio_rate, "audio_samples": audio_samples, "optional": manifest.optional}
 
     _prepare_out(out, overwrite)
     shards = ShardWriter(out)
@@ -246,9 +251,32 @@ def build(manifest_path: str, out: str, *, image_size: int = 16, audio_rate: int
     return spec
 
 
+def _checkpoint_preprocessing(image_from: str, image_size: int, audio_from: str,
+                              audio_rate: int) -> tuple[media.ImageResize, int, int]:
+    """(image resize policy, image size, audio rate): a checkpoint's where --image_from /
+    --audio_from name one (its size and rate unless --image_size / --audio_rate), else
+    mmjax's own (16 px, 8000 Hz by default)."""
+    try:
+        resize = media.image_resize(image_from)
+        if image_from and not image_size:
+            image_size = media.processor_size(media.read_processor(media.checkpoint_folder(image_from)))
+        if audio_from:
+            extractor = media.read_processor(media.checkpoint_folder(audio_from), "feature_extractor")
+            rate = int(extractor.get("sampling_rate", 0))
+            if not rate:
+                raise ValueError(f"{audio_from}: no feature extractor with a sampling_rate")
+            if audio_rate and audio_rate != rate:
+                raise ValueError(f"--audio_rate={audio_rate} but {audio_from} expects {rate} Hz audio; drop --audio_rate")
+            audio_rate = rate
+    except (ValueError, KeyError, TypeError) as e:
+        raise BuildError(f"--image_from/--audio_from: {e}") from None
+    return resize, image_size or 16, audio_rate or 8000
+
+
 def _describe(name: str, fields: dict) -> str:
     if name == "image":
-        return f"image {fields['height']}x{fields['width']}"
+        resized = f" ({fields['processor']}'s resize)" if "processor" in fields else ""
+        return f"image {fields['height']}x{fields['width']}{resized}"
     if name == "audio":
         return f"audio {fields['sample_rate']} Hz, <= {fields['max_samples']} samples"
     return f"text <= {fields['max_bytes']} bytes"
@@ -275,8 +303,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmjax.data.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True, help="JSON Lines or CSV file (see mmjax/data/manifest.py)")
     p.add_argument("--out", required=True, help="output directory (becomes config.data.train/eval)")
-    p.add_argument("--image_size", type=int, default=16, help="images are stored SIZE x SIZE RGB")
-    p.add_argument("--audio_rate", type=int, default=8000, help="audio is resampled to this rate (Hz)")
+    p.add_argument("--image_size", type=int, default=0,
+                   help="images are stored SIZE x SIZE RGB (0: 16, or --image_from's size)")
+    p.add_argument("--audio_rate", type=int, default=0,
+                   help="audio is resampled to this rate in Hz (0: 8000, or --audio_from's rate)")
+    p.add_argument("--image_from", default="",
+                   help="hf:DIR: resize images as this checkpoint's image processor does (for "
+                        "config.model.image.init_from=hf:DIR)")
+    p.add_argument("--audio_from", default="",
+                   help="hf:DIR: resample audio to this checkpoint's feature-extractor rate (Whisper: 16000)")
     p.add_argument("--audio_samples", type=int, default=0,
                    help="cut longer clips to this many samples (0: keep whole clips)")
     p.add_argument("--classes", default="",
@@ -299,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         build(args.manifest, args.out, image_size=args.image_size, audio_rate=args.audio_rate,
-              audio_samples=args.audio_samples, classes=args.classes, modalities=args.modalities,
+              audio_samples=args.audio_samples, image_from=args.image_from, audio_from=args.audio_from,
+              classes=args.classes, modalities=args.modalities,
               optional_modalities=args.optional_modalities,
               skip_bad=args.skip_bad, report=args.report, workers=args.workers,
               num_shards=args.num_shards, overwrite=args.overwrite,

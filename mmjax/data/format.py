@@ -7,7 +7,9 @@ example per record, see codec.py; read in sorted order) and `spec.json`:
     num_examples         int, the records in all shards
     num_classes          int; class_names lists that many names (ids are positions)
     modalities           {name: fields}: image {height, width, channels},
-                         audio {sample_rate, max_samples}, text {max_bytes}
+                         audio {sample_rate, max_samples}, text {max_bytes}; image may
+                         add resize (media.ImageResize fields) and processor ('hf:DIR')
+                         when built with a checkpoint's image processor (absent: mmjax's)
     optional_modalities  optional: the modalities some examples lack
     tasks, target_size   optional: what the examples are labelled for (targets.py);
                          absent tasks mean ['classification']
@@ -63,6 +65,9 @@ def validate_spec(spec: Any, where: str = "spec") -> dict:
         for field in MODALITY_FIELDS[name]:
             if not isinstance(fields, dict) or not isinstance(fields.get(field), int):
                 raise ValueError(f"{where}: modalities.{name}.{field} must be an int")
+    image = modalities.get("image", {})
+    if not isinstance(image.get("resize", {}), dict) or not isinstance(image.get("processor", ""), str):
+        raise ValueError(f"{where}: modalities.image.resize must be an object and .processor a string")
     optional = spec.get("optional_modalities", [])
     if not isinstance(optional, list) or any(m not in modalities for m in optional):
         raise ValueError(f"{where}: 'optional_modalities' must list some of the data set's "

@@ -148,13 +148,28 @@ def _iterate(ds: grain.MapDataset, workers: int) -> BatchIterator:
     return BatchIterator(iter(it_ds))
 
 
-def check_preprocessing(config_data, modalities) -> int:
-    """Checks config.data.augment and config.data.tokenizer before any pipeline is built;
-    returns the tokenizer's vocabulary size (0 when `modalities` has no text)."""
-    Augment.from_config(config_data.augment)
+def check_preprocessing(config, modalities) -> int:
+    """Checks config.data.augment and config.data.tokenizer before any pipeline is built, and
+    that the text tower finds the tokenizer's padding where it looks (mask='pad' masks ids equal
+    to model.text.pad_id; the LSTM does too); returns the tokenizer's vocabulary size (0 when
+    `modalities` has no text). Raises ValueError naming the key to set."""
+    augment = Augment.from_config(config.data.augment)
     if "text" not in modalities:
         return 0
-    return make_tokenizer(config_data.tokenizer).vocab_size
+    tokenizer = make_tokenizer(config.data.tokenizer)
+    if augment.text_dropout and not tokenizer.offset:
+        raise ValueError(f"data.augment.text_dropout replaces tokens with mmjax's reserved id, which "
+                         f"data.tokenizer={config.data.tokenizer!r} does not have; set it to 0")
+    text = config.model.text
+    reads_pad = text.kind == "lstm" or text.mask == "pad"
+    if reads_pad and text.pad_id != tokenizer.pad_id:
+        if tokenizer.pad_id == tokenizer.eos_id and text.kind != "lstm":  # CLIP-style: padded with the end token
+            raise ValueError(f"data.tokenizer={config.data.tokenizer!r} pads with its end token "
+                             f"{tokenizer.pad_id}; set --config.model.text.mask=eos "
+                             f"--config.model.text.eos_id={tokenizer.eos_id}")
+        raise ValueError(f"config.model.text.pad_id={text.pad_id} but data.tokenizer={config.data.tokenizer!r} "
+                         f"pads with {tokenizer.pad_id}; set --config.model.text.pad_id={tokenizer.pad_id}")
+    return tokenizer.vocab_size
 
 
 def _preprocess(source: Source, config) -> Preprocess:

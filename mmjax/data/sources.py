@@ -18,6 +18,7 @@ from typing import Any
 
 import grain
 
+from mmjax import media
 from mmjax.contract import MODALITIES
 from mmjax.data import synthetic, tfds_source
 from mmjax.data.format import SHARD_PATTERN, SPEC_FILE, load_spec
@@ -64,7 +65,9 @@ def open_source(name: str, split: str, config_data) -> Source:
         splits = synthetic.ensure_synthetic(config_data.cache_dir, config_data)
         if split not in splits:
             raise ValueError(f"unknown split {split!r} of 'synthetic'; use one of {sorted(splits)}")
-        return load_directory(splits[split])
+        source = load_directory(splits[split])
+        source.spec["modalities"]["image"]["generated"] = True  # drawn at its size: no resize to match
+        return source
     if isinstance(name, str) and name.startswith(tfds_source.PREFIX):
         records, spec = tfds_source.open_tfds(name, split, config_data)
         return Source(records=records, spec=spec, directory=name)
@@ -118,6 +121,21 @@ def check_same_classes(train_spec: dict, eval_spec: dict) -> None:
             "--classes=TRAIN_DIR so the ids agree")
 
 
+def check_image_resize(image_spec: dict, processor: str) -> None:
+    """The data set's images must be resized as config.data.image_processor says (a pretrained
+    image tower's processor by default): ValueError naming the rebuild otherwise."""
+    if image_spec.get("generated"):
+        return
+    want = media.image_resize(processor)
+    have = media.ImageResize.from_json(image_spec.get("resize"))
+    if want != have:
+        built = image_spec.get("processor") or "mmjax's own resize (centred square, bilinear)"
+        flag = f"--image_from={processor}" if processor else "no --image_from"
+        raise ValueError(f"the data set's images were resized with {built} {have.to_json()} but "
+                         f"config.data.image_processor={processor!r} resizes {want.to_json()}; rebuild the "
+                         f"data with python -m mmjax.data.build {flag}")
+
+
 def check_spec(spec: dict, config_data, modalities: Sequence[str]) -> None:
     """Raises ValueError naming the first disagreement between a spec and the config.
 
@@ -143,6 +161,7 @@ def check_spec(spec: dict, config_data, modalities: Sequence[str]) -> None:
         if img["channels"] != 3:
             raise ValueError(
                 f"images must have 3 channels (RGB), the data set has {img['channels']}")
+        check_image_resize(img, config_data.image_processor)
     if "audio" in modalities:
         aud = available["audio"]
         if aud["sample_rate"] != config_data.audio_rate:

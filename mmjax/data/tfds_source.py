@@ -52,8 +52,9 @@ class TfdsRecords:
     """Random-access records of one TFDS split, converted to stored-example dicts."""
 
     def __init__(self, data_source, mapping: dict[str, str], *, image_size: int,
-                 audio_rate: int, from_rate: int, where: str):
+                 audio_rate: int, from_rate: int, where: str, resize: media.ImageResize = media.ImageResize()):
         self.data_source = data_source
+        self.resize = resize
         self.mapping = mapping
         self.image_size = image_size
         self.audio_rate = audio_rate
@@ -77,7 +78,7 @@ class TfdsRecords:
             if ours == "image":
                 value = np.asarray(value)
                 if value.shape != (self.image_size, self.image_size, 3) or value.dtype != np.uint8:
-                    value = media.resize_image(value, self.image_size)
+                    value = media.resize_image(value, self.image_size, self.resize)
             elif ours == "audio":
                 value = media.resample(media.to_mono_float(np.asarray(value)), self.from_rate,
                                         self.audio_rate)
@@ -143,12 +144,15 @@ def open_tfds(name: str, split: str, config_data):
     from_rate = int(t.audio_rate) or int(config_data.audio_rate)
     if "audio" in mapping:
         from_rate = int(getattr(features[mapping["audio"]], "sample_rate", None) or from_rate)
+    resize = media.image_resize(config_data.image_processor)  # the run's: a pretrained tower's processor
     records = TfdsRecords(data_source, mapping, image_size=int(config_data.image_size),
-                          audio_rate=int(config_data.audio_rate), from_rate=from_rate, where=where)
+                          audio_rate=int(config_data.audio_rate), from_rate=from_rate, where=where, resize=resize)
     modalities = {}
     if "image" in mapping:
         size = int(config_data.image_size)
         modalities["image"] = {"height": size, "width": size, "channels": 3}
+        if config_data.image_processor:
+            modalities["image"].update(resize=resize.to_json(), processor=str(config_data.image_processor))
     if "audio" in mapping:
         modalities["audio"] = {"sample_rate": int(config_data.audio_rate),
                                "max_samples": int(config_data.audio_samples)}

@@ -1,4 +1,6 @@
-"""Text encoders: int32 tokens [B, L] (0 = padding) -> (tokens [B, N, D], mask [B, N]).
+"""Text encoders: int32 tokens [B, L] (padded with pad_id, 0 for mmjax's tokenizers) ->
+(tokens [B, N, D], mask [B, N]). The returned mask marks the real tokens (what the fusion
+and mmjax.embed keep), even where attention sees the padding (mask='none', SigLIP).
 
 'transformer': token + position embeddings -> transformer (N = L). 'lstm': token
 embeddings -> an LSTM that skips padding; it returns its final state as one token
@@ -75,10 +77,16 @@ class TextTransformer(nn.Module):
                    pool_features=int(sub.pool_features))
 
     def token_mask(self, tokens: jax.Array) -> jax.Array:
-        """bool [B, L]: the real tokens, by self.mask."""
+        """bool [B, L]: the tokens attention sees, by self.mask."""
         if self.mask == "none":
             return jnp.ones(tokens.shape, bool)
-        if self.mask == "eos":
+        return self.real_tokens(tokens)
+
+    def real_tokens(self, tokens: jax.Array) -> jax.Array:
+        """bool [B, L]: the text's own tokens, padding excluded: up to and including the first
+        eos_id where the tokenizer pads with its end token (mask='eos', or 'none' with an eos_id),
+        else every id but pad_id."""
+        if self.mask == "eos" or (self.mask == "none" and self.eos_id >= 0):
             return jnp.arange(tokens.shape[1])[None, :] <= first_index(tokens, self.eos_id)[:, None]
         return tokens != self.pad_id
 
@@ -99,7 +107,8 @@ class TextTransformer(nn.Module):
         if self.pooling != "none":
             index = first_index(tokens, self.eos_id) if self.pooling == "index" else None
             pooled = pooling.from_fields(self, self.spec)(x, mask, index)
-        return (x, mask, pooled) if return_pooled else (x, mask)
+        real = mask if self.mask != "none" else self.real_tokens(tokens)
+        return (x, real, pooled) if return_pooled else (x, real)
 
 
 def _check_vocab(config: Any) -> int:
@@ -171,6 +180,7 @@ class TextLSTM(nn.Module):
     vocab_size: int
     return_sequences: bool = False
     dtype: str = "float32"
+    pad_id: int = PAD_ID
 
     @classmethod
     def from_config(cls, config: Any) -> "TextLSTM":
@@ -181,12 +191,13 @@ class TextLSTM(nn.Module):
             vocab_size=_check_vocab(config),
             return_sequences=bool(sub.return_sequences),
             dtype=str(config.model.dtype),
+            pad_id=int(sub.pad_id),
         )
 
     @nn.compact
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> tuple[jax.Array, jax.Array]:
         tokens = batch["text"]
-        mask = tokens != PAD_ID
+        mask = tokens != self.pad_id
         dtype = layers.compute_dtype(self.dtype)
         x = layers.TokenEmbedding(self.vocab_size, self.width, dtype, name="token_embed")(tokens)
         states, final = LSTM(self.width, dtype, name="lstm")(x, mask)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mmjax import media
 from mmjax.contract import MODALITIES
 from mmjax.pretrained import preprocess
 
@@ -82,7 +83,7 @@ class Checkpoint:
 
     def image_processor(self) -> dict:
         """preprocessor_config.json, or the image_processor entry of processor_config.json."""
-        return self._json("preprocessor_config.json") or self._json("processor_config.json").get("image_processor", {})
+        return media.read_processor(self.path)
 
     def has(self, name: str) -> bool:
         return name in self._shapes

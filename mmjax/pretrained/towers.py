@@ -140,7 +140,7 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
         spec = str(sub.init_from)
         if not spec:
             continue
-        values, _, _ = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
+        values, _, path = read(spec, modality, scan=bool(config.model.scan), shapes_only=True)
         _take(sub, defaults.model[modality], f"config.model.{modality}", values["model"], spec)
         # config.data stays the data's (a different image size interpolates the positions;
         # Whisper pads or cuts every waveform to its chunk); only what cannot fit is an error.
@@ -154,6 +154,8 @@ def configure(config: ml_collections.ConfigDict, defaults: ml_collections.Config
                 if current != value:
                     raise ValueError(f"config.data.audio_rate={current} but {spec} expects {value} Hz audio; set "
                                      f"--config.data.audio_rate={value}")
+        if spec.startswith("hf:"):
+            _use_checkpoint_preprocessing(config, defaults, modality, spec, path)
         done.append(modality)
     spec = head_spec(config)
     if spec:
@@ -175,6 +177,24 @@ def _take(section: Any, defaults: Any, where: str, values: dict, spec: str) -> N
             raise ValueError(f"{where}.{key}={current!r} but the checkpoint {spec} has {value!r}; drop the override "
                              "(the architecture comes from the checkpoint)")
         section[key] = value
+
+
+# config.data keys that name a modality's preprocessing; an hf: tower supplies its own.
+_PREPROCESSING = {"image": "image_processor", "text": "tokenizer"}
+
+
+def _use_checkpoint_preprocessing(config, defaults, modality: str, spec: str, path: str) -> None:
+    """config.data.image_processor / tokenizer left at their defaults become 'hf:<the folder>';
+    another value the user set is a ValueError naming both (audio needs only the rate, checked above)."""
+    key = _PREPROCESSING.get(modality)
+    if key is None:
+        return
+    own, current = f"hf:{path}", str(config.data[key])
+    if current == str(defaults.data[key]):
+        config.data[key] = own
+    elif os.path.abspath(current[3:]) != os.path.abspath(path) or not current.startswith("hf:"):
+        raise ValueError(f"config.data.{key}={current!r} but the {modality} tower {spec} brings its own "
+                         f"({own}); drop the override")
 
 
 def _same(a: Any, b: Any) -> bool:

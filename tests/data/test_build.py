@@ -241,7 +241,7 @@ def test_a_failed_build_leaves_no_data_set_and_refuses_to_mix(files, monkeypatch
     manifest = _jsonl(files / "m.jsonl", [{"image": "a.png", "label": i % 2} for i in range(100)])
     calls = []
 
-    def crash_late(path, size):
+    def crash_late(path, size, resize=None):
         calls.append(path)
         if len(calls) == 80:
             raise KeyboardInterrupt  # like a killed build

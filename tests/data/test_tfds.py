@@ -52,7 +52,7 @@ def _config(data_dir, features="image=img,text=caption,audio=wave,label=kind", *
                                        loss=dict(task="classification")))
     c.data = ml_collections.ConfigDict(dict(
         train="tfds:mmjax_test_tiny", eval="tfds:mmjax_test_tiny", image_size=8, audio_rate=8000,
-        audio_samples=256, text_length=16, workers=0, tokenizer="bytes", augment=None,
+        audio_samples=256, text_length=16, workers=0, tokenizer="bytes", image_processor="", augment=None,
         tfds=ml_collections.ConfigDict(dict(data_dir=data_dir, train_split="train",
                                             eval_split="test", features=features,
                                             audio_rate=16000)),
