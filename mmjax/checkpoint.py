@@ -23,6 +23,7 @@ folder as the others, with the same checksums, and can be resumed from like them
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -96,7 +97,7 @@ class Checkpointer:
             metrics=metrics,
             args=ocp.args.Composite(
                 **{
-                    STATE: ocp.args.StandardSave(state),
+                    STATE: ocp.args.StandardSave(on_disk(state)),
                     DATA: ocp.args.JsonSave(data_state),
                     META: ocp.args.JsonSave(meta),
                 }
@@ -110,13 +111,16 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(
                 **{
-                    STATE: ocp.args.StandardRestore(abstract_state),
+                    STATE: ocp.args.StandardRestore(on_disk(abstract_state)),
                     DATA: ocp.args.JsonRestore(),
                     META: ocp.args.JsonRestore(),
                 }
             ),
         )
-        return restored[STATE], dict(restored[DATA]), dict(restored[META])
+        state = restored[STATE]
+        if dataclasses.is_dataclass(abstract_state):
+            state = abstract_state.replace(**state)  # the unused optional fields stay None
+        return state, dict(restored[DATA]), dict(restored[META])
 
     def read_meta(self, step: int) -> dict:
         """Reads only the metadata of a step (no arrays)."""
@@ -268,6 +272,15 @@ def fingerprints(state: Any) -> dict[str, int]:
         values = multihost_utils.process_allgather(values, tiled=True)
     values = np.asarray(jax.device_get(values))
     return {name: int(v) for (name, _), v in zip(named, values)}
+
+
+def on_disk(state: Any) -> Any:
+    """The tree Orbax writes for a state: a struct's fields as a dict without those that are
+    None, so an optional field a run does not use (TrainState.balance) leaves the checkpoint
+    as it was before the field existed, and those older checkpoints restore."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
+    return state
 
 
 def state_shapes(state: Any) -> dict[str, list]:

@@ -7,12 +7,15 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax import checkpoint as ckpt_lib
 from mmjax import sharding, train
+from mmjax.trainer import TrainState
 from mmjax.config import UserError
 
 
@@ -192,3 +195,37 @@ def test_checkpoint_without_checksums_restores_with_a_note(tmp_path):
     step, _, _, _ = checkpointer.restore_latest_intact(ckpt_lib.abstract_like(make_state()), {"x": 1}, log=lines.append)
     assert step == 1 and lines == [f"checkpoint {directory}/1 has no checksums (saved by an older mmjax); restored unverified"]
     checkpointer.close()
+
+
+def test_a_state_saved_before_an_optional_field_existed_restores(tmp_path):
+    """TrainState.balance (gradient blending) is None in other runs: their checkpoints, and
+    those written before the field existed, have the same tree and restore either way."""
+    class OldTrainState(struct.PyTreeNode):  # TrainState as it was before `balance`
+        step: jax.Array
+        params: dict
+        opt_state: dict
+
+    parts = make_state()
+    old = OldTrainState(step=parts["step"], params=parts["params"], opt_state={"count": parts["count"]})
+    manager = ocp_manager(tmp_path)
+    manager.save(3, args=ocp.args.Composite(**{ckpt_lib.STATE: ocp.args.StandardSave(old),
+                                               ckpt_lib.DATA: ocp.args.JsonSave({"next_batch": 3}),
+                                               ckpt_lib.META: ocp.args.JsonSave({})}))
+    manager.wait_until_finished()
+    manager.close()
+
+    new = TrainState(step=old.step, params=old.params, opt_state=old.opt_state)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), new)
+    checkpointer = ckpt_lib.Checkpointer(tmp_path, max_to_keep=2, async_save=False)
+    state, data, _ = checkpointer.restore(3, abstract)
+    assert isinstance(state, TrainState) and state.balance is None and data == {"next_batch": 3}
+    np.testing.assert_array_equal(state.params["w"], old.params["w"])
+    checkpointer.save(4, state, {"next_batch": 4}, {})  # and today's save of it restores too
+    checkpointer.wait()
+    again, _, _ = checkpointer.restore(4, abstract)
+    np.testing.assert_array_equal(again.opt_state["count"], old.opt_state["count"])
+    checkpointer.close()
+
+
+def ocp_manager(directory):
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
