@@ -1,9 +1,9 @@
 """Tests for mmjax/data/augment.py and augmentation in the grain pipeline."""
 
-import ml_collections
 import numpy as np
 import pytest
 
+from mmjax import config as config_lib
 from mmjax import media
 from mmjax.data import augment, codec, pipeline, sources, synthetic, writer
 from batches import equal, take  # noqa: E402
@@ -110,12 +110,10 @@ def test_augment_config_is_checked():
 
 
 def _config(workers=0, **augment_switches):
-    c = ml_collections.ConfigDict(dict(modalities=("image", "text", "audio"), seed=0,
-                                       loss=dict(task="classification")))
-    c.data = ml_collections.ConfigDict(dict(
-        image_size=8, audio_rate=8000, audio_samples=128, text_length=32, workers=workers,
-        tokenizer="bytes", augment=ml_collections.ConfigDict(dict(augment.Augment().__dict__)),
-    ))
+    c = config_lib.defaults()  # every key the pipeline reads, at its default
+    c.modalities, c.seed = ("image", "text", "audio"), 0
+    c.data.update(dict(image_size=8, audio_rate=8000, audio_samples=128, text_length=32, workers=workers,
+                       tokenizer="bytes"))
     c.data.augment.update(augment_switches)
     return c
 

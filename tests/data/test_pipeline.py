@@ -4,10 +4,10 @@ import collections
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
+from mmjax import config as config_lib
 from mmjax import media
 from mmjax.data import codec, pipeline, preprocess, sources, synthetic, writer
 from batches import equal, take  # noqa: E402
@@ -18,12 +18,11 @@ ALL = ("image", "text", "audio")
 
 
 def _config(modalities=ALL, seed=0, workers=0):
-    c = ml_collections.ConfigDict(dict(modalities=modalities, seed=seed, loss=dict(task="classification")))
-    c.data = ml_collections.ConfigDict(dict(
-        train="synthetic", eval="synthetic", cache_dir="", image_size=8, audio_rate=8000,
-        audio_samples=128, text_length=32, workers=workers, tokenizer="bytes", augment=None,
-        synthetic=ml_collections.ConfigDict(dict(num_train=16, num_eval=8, seed=0, task="default")),
-    ))
+    c = config_lib.defaults()  # every key the pipeline reads, at its default
+    c.modalities, c.seed = modalities, seed
+    c.data.update(dict(train="synthetic", eval="synthetic", cache_dir="", image_size=8, audio_rate=8000,
+                       audio_samples=128, text_length=32, workers=workers, tokenizer="bytes"))
+    c.data.synthetic.update(dict(num_train=16, num_eval=8, seed=0, task="default"))
     return c
 
 
