@@ -83,5 +83,9 @@ def test_gpu_slurm_starts_one_process_per_node():
     result = run(["bash", "launch/gpu_slurm.sh", "--config=configs/base.py", "--workdir=/shared/x"],
                  env={"MMJAX_DRY_RUN": "1", "SLURM_SUBMIT_DIR": ROOT})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("srun --ntasks-per-node=1 --kill-on-bad-exit=1 python -m mmjax.train "
-                                     "--config=configs/base.py --workdir=/shared/x")
+    srun, plan = result.stdout.strip().splitlines()
+    assert srun == ("srun --ntasks-per-node=1 --kill-on-bad-exit=1 python -m mmjax.train "
+                    "--config=configs/base.py --workdir=/shared/x")
+    # each node's one process drives all 8 of its GPUs
+    assert plan == ("mmjax: process 0 of 2 (slurm) joining the coordinator found by jax's cluster detection "
+                    "with 8 local GPUs 0,1,2,3,4,5,6,7")
