@@ -19,7 +19,9 @@ E/ holds everything `python -m mmjax.predict` (no training stack) needs:
 Text and audio lengths are fixed at the run's data.text_length and data.audio_samples: the
 encoders' learned position tables have that many rows, so the predictor pads and cuts inputs
 exactly as the training pipeline did (padding is masked inside the model). The folder is
-written under a temporary name and renamed when complete.
+written under a temporary name and renamed when complete; export.json's 'files' table holds
+every other file's sha256 and size, which every loader checks (mmjax/predict.py, read_spec).
+--overwrite replaces only a folder that holds nothing but the files its export wrote.
 
 LoRA adapters (config.model.<modality>.lora_rank > 0) are merged into their base kernels,
 W' = W + (lora_alpha / lora_rank) A B: the export holds no lora_* parameters, its config has

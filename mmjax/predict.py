@@ -9,7 +9,9 @@ The second reads a manifest in the format of `python -m mmjax.data.build` (JSON 
 fields image, audio, text and an optional label) and writes one JSON line per row: the
 predicted label, its probability and the top-k; with labels it also prints the accuracy.
 A bad input stops with one line naming the file and the manifest line, or is skipped and
-reported with --skip_bad.
+reported with --skip_bad. A damaged export (a file whose sha256 differs from export.json's,
+an unreadable export.json or function, class names that do not match the outputs) stops
+with one line naming the file.
 
 Raw files are decoded by mmjax/media.py, the functions the data build uses, so a file gives
 the predictor exactly the example it gives training. The predictor needs only jax, numpy,
