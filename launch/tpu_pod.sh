@@ -34,6 +34,7 @@ set -euo pipefail
 
 GCLOUD="${GCLOUD:-gcloud}"
 RESUME_STATUS=75
+LOST_STATUS=254  # a worker's run ended without an exit status (the worker restarted)
 POLL_S="${TPU_POD_POLL_S:-60}"
 name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="" accelerator="" version=""
 capacity="" repo="" ref="" max_restarts=10 action="all" dry_run=0 attach=0
@@ -155,9 +156,12 @@ start_training() {
 }
 
 # Polls the workers until every one has an exit status; returns the first non-zero one (0 if
-# all finished), or 255 when the slice is gone. A failed poll (dropped connection) is retried.
+# all finished), 255 when the slice is gone, LOST_STATUS when a worker's run vanished. A
+# failed poll (dropped connection) is retried. Each worker says running (its run's process is
+# alive), its exit status, or lost.
 wait_for_training() {
-  local poll=(--command="echo mmjax-status=\$(cat $STATUS 2>/dev/null || echo running)")
+  local alive="grep -qs mmjax.train /proc/\$(cat ~/mmjax-train.pid 2>/dev/null)/cmdline"
+  local poll=(--command="echo mmjax-status=\$($alive && echo running || cat $STATUS 2>/dev/null || echo lost)")
   if [[ $dry_run -eq 1 ]]; then on_workers "${poll[0]#--command=}"; return 0; fi
   local out statuses s
   while true; do
@@ -168,7 +172,10 @@ wait_for_training() {
     fi
     statuses="$(grep -o 'mmjax-status=[a-z0-9]*' <<<"$out" | cut -d= -f2)"
     [[ -z "$statuses" ]] || grep -q running <<<"$statuses" && continue
-    for s in $statuses; do [[ "$s" != 0 ]] && return "$s"; done
+    for s in $statuses; do
+      [[ "$s" == lost ]] && return $LOST_STATUS
+      [[ "$s" != 0 ]] && return "$s"
+    done
     return 0
   done
 }
@@ -192,6 +199,8 @@ train_until_done() {
     [[ $attempt -gt $max_restarts ]] && die "training failed with status $status after $max_restarts restarts"
     if [[ $status -eq $RESUME_STATUS ]]; then
       echo "tpu_pod.sh: run was preempted and saved a checkpoint; resuming (restart $attempt/$max_restarts)"
+    elif [[ $status -eq $LOST_STATUS ]] && current="$(state)" && [[ "$current" == ACTIVE ]]; then
+      echo "tpu_pod.sh: the run is gone from a worker without an exit status (worker restarted?); resuming (restart $attempt/$max_restarts)"
     elif current="$(state)"; [[ "$current" != ACTIVE ]]; then
       echo "tpu_pod.sh: slice $name is $current; recreating it and resuming (restart $attempt/$max_restarts)"
       create; install

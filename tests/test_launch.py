@@ -75,7 +75,7 @@ def test_tpu_pod_bad_options_are_clear():
 def fake_gcloud(tmp_path, train_statuses, states, polls=("ok",)):
     """A gcloud stand-in: logs its calls; a started training run reports the given exit
     statuses in turn when polled; a poll in `polls` marked 'drop' fails like a dropped
-    connection, 'running' reports a run still going."""
+    connection, 'running' reports a run still going, 'lost' one that vanished from a worker."""
     (tmp_path / "train_statuses").write_text("\n".join(map(str, train_statuses)) + "\n")
     (tmp_path / "states").write_text("\n".join(states) + "\n")
     (tmp_path / "polls").write_text("\n".join(polls) + "\n")
@@ -88,6 +88,7 @@ case "$*" in
   *"mmjax-status="*) case $(pop {tmp_path}/polls) in
       drop) exit 255 ;;
       running) echo "mmjax-status=running"; echo "mmjax-status=0" ;;
+      lost) echo "mmjax-status=0"; echo "mmjax-status=lost" ;;
       *) echo "mmjax-status=$(pop {tmp_path}/train_statuses)" ;;
     esac ;;
 esac
@@ -105,7 +106,7 @@ def test_tpu_pod_resumes_after_preemption(tmp_path):
                  env={"GCLOUD": gcloud, "TPU_POD_POLL_S": "0"})
     assert result.returncode == 0, result.stdout + result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    trains = [c for c in calls if "mmjax.train" in c]
+    trains = [c for c in calls if "-m mmjax.train" in c]
     assert len(trains) == 3
     assert sum("queued-resources delete" in c for c in calls) == 1
     assert sum("queued-resources create" in c for c in calls) == 1
@@ -128,8 +129,17 @@ def test_tpu_pod_a_dropped_connection_does_not_restart_training(tmp_path):
                  env={"GCLOUD": gcloud, "TPU_POD_POLL_S": "0"})
     assert result.returncode == 0, result.stdout + result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert sum("mmjax.train" in c for c in calls) == 1 and sum("mmjax-status=" in c for c in calls) == 3
+    assert sum("-m mmjax.train" in c for c in calls) == 1 and sum("mmjax-status=" in c for c in calls) == 3
     assert "training finished" in result.stdout
+
+
+def test_tpu_pod_a_run_gone_from_a_restarted_worker_is_started_again(tmp_path):
+    gcloud = fake_gcloud(tmp_path, [0], ["ACTIVE"], polls=["lost", "ok"])
+    result = run(["bash", POD, "--name=mm", "--zone=z", "--action=train", *TRAIN_ARGS],
+                 env={"GCLOUD": gcloud, "TPU_POD_POLL_S": "0"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "gone from a worker without an exit status (worker restarted?); resuming (restart 1/10)" in result.stdout
+    assert sum("-m mmjax.train" in c for c in (tmp_path / "calls").read_text().splitlines()) == 2
 
 
 def test_gpu_slurm_starts_one_process_per_node():
