@@ -270,22 +270,20 @@ def _spec(config, class_names, step, workdir, meta, dtype, platforms, files: dic
 
 
 def _listed_files(out: str) -> set[str] | None:
-    """The top-level names an export in `out` wrote (its export.json's file table, or for an
-    export from before checksums, the files its spec names); None if `out` holds no export."""
+    """The top-level names an export in `out` wrote (its export.json, its file table and the
+    files its spec names); None if `out` holds no export."""
     try:
         spec = predict_lib.read_spec(out, verify=False)
     except ValueError:
         return None
-    if predict_lib.FILES in spec:
-        names = {n.split("/")[0] for n in spec[predict_lib.FILES]}
-    else:
-        names = {spec["params_file"], spec["function_file"]}
+    names = {n.split("/")[0] for n in spec.get(predict_lib.FILES, {})}
+    names |= {predict_lib.SPEC_FILE, spec["params_file"], spec["function_file"]}
+    for part in spec["preprocess"].values():  # tokenizer.model, tokenizer/, image_processor/
         for field in ("tokenizer", "processor"):
-            for part in spec["preprocess"].values():
-                name = str(part.get(field, "")) if isinstance(part, dict) else ""
-                if name not in ("", "bytes"):
-                    names.add(name.removeprefix(media.CHECKPOINT_PREFIX).split("/")[0])
-    return names | {predict_lib.SPEC_FILE}
+            name = str(part.get(field, "")) if isinstance(part, dict) else ""
+            if name not in ("", "bytes"):
+                names.add(name.removeprefix(media.CHECKPOINT_PREFIX).split("/")[0])
+    return names
 
 
 def check_out(out: str, overwrite: bool) -> None:
