@@ -19,7 +19,9 @@ E/ holds everything `python -m mmjax.predict` (no training stack) needs:
 Text and audio lengths are fixed at the run's data.text_length and data.audio_samples: the
 encoders' learned position tables have that many rows, so the predictor pads and cuts inputs
 exactly as the training pipeline did (padding is masked inside the model). The folder is
-written under a temporary name and renamed when complete.
+written under a temporary name and renamed when complete; export.json's 'files' table holds
+every other file's sha256 and size, which every loader checks (mmjax/predict.py, read_spec).
+--overwrite replaces only a folder that holds nothing but the files its export wrote.
 
 LoRA adapters (config.model.<modality>.lora_rank > 0) are merged into their base kernels,
 W' = W + (lora_alpha / lora_rank) A B: the export holds no lora_* parameters, its config has
@@ -267,9 +269,54 @@ def _spec(config, class_names, step, workdir, meta, dtype, platforms, files: dic
     }
 
 
+def _listed_files(out: str) -> set[str] | None:
+    """The top-level names an export in `out` wrote (its export.json, its file table and the
+    files its spec names); None if `out` holds no export."""
+    try:
+        spec = predict_lib.read_spec(out, verify=False)
+    except ValueError:
+        return None
+    names = {n.split("/")[0] for n in spec.get(predict_lib.FILES, {})}
+    names |= {predict_lib.SPEC_FILE, spec["params_file"], spec["function_file"]}
+    for part in spec["preprocess"].values():  # tokenizer.model, tokenizer/, image_processor/
+        for field in ("tokenizer", "processor"):
+            name = str(part.get(field, "")) if isinstance(part, dict) else ""
+            if name not in ("", "bytes"):
+                names.add(name.removeprefix(media.CHECKPOINT_PREFIX).split("/")[0])
+    return names
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """UserError, before any work, if `out` cannot receive the export: a file, a folder of
+    other files, an export without --overwrite, or a place that cannot be written."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out={out} exists and is not a folder; choose another path")
+        present = set(os.listdir(out))
+        if present:
+            listed = _listed_files(out)
+            if listed is None:
+                raise UserError(f"--out={out} exists and is not an export; choose another folder")
+            if not overwrite:
+                raise UserError(f"--out={out} already holds an export; pass --overwrite to replace it")
+            foreign = sorted(present - listed)
+            if foreign:  # --overwrite replaces the export, never files the export did not write
+                raise UserError(f"--out={out} holds {foreign[0]!r}, which the export there did not write"
+                                f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; "
+                                "move it out or choose another folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    try:  # a real write, not os.access: root passes that on read-only mounts
+        os.rmdir(tempfile.mkdtemp(prefix=".mmjax-probe-", dir=existing))
+    except OSError as e:
+        raise UserError(f"--out={out}: cannot write in {existing} ({e.strerror}); choose a writable place") from None
+
+
 def _replace_folder(tmp: str, out: str, overwrite: bool) -> None:
-    """Moves the finished temporary folder to `out`; an older export there is replaced only
-    with overwrite, and only after the new one is complete."""
+    """Moves the finished temporary folder to `out`; an older export there (check_out made
+    sure it holds only its own files) is replaced only after the new one is complete."""
     if not os.path.exists(out):
         os.rename(tmp, out)
         return
@@ -284,11 +331,7 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
     """Exports a run's checkpoint to the folder `out` (see module docstring); returns its spec."""
     if dtype not in EXPORT_DTYPES:
         raise UserError(f"--dtype={dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
-    if os.path.exists(out):
-        if not os.path.isdir(out) or (os.listdir(out) and not os.path.isfile(os.path.join(out, predict_lib.SPEC_FILE))):
-            raise UserError(f"--out={out} exists and is not an export; choose another folder")
-        if os.listdir(out) and not overwrite:
-            raise UserError(f"--out={out} already holds an export; pass --overwrite to replace it")
+    check_out(out, overwrite)
     config, params, step, meta = restore_params(workdir, step, log)
     class_names = _class_names(config, meta)
     flat, config, merged = merge_adapters(flatten_params(params), config)
@@ -297,7 +340,11 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
     function = export_function(config, len(class_names), flat, platforms=platforms)
 
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out={out}: cannot create {parent} ({e.strerror})") from None
+    check_out(out, overwrite)  # again: the folder may have changed while the run was restored
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}-", dir=parent)
     umask = os.umask(0)
     os.umask(umask)
@@ -314,6 +361,7 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
                                       {"format": predict_lib.FORMAT, "step": step})
         with open(os.path.join(tmp, predict_lib.FUNCTION_FILE), "wb") as f:
             f.write(function)
+        spec[predict_lib.FILES] = predict_lib.file_digests(tmp)  # verified by every loader
         with open(os.path.join(tmp, predict_lib.SPEC_FILE), "w", encoding="utf-8") as f:
             json.dump(spec, f, indent=2)
             f.write("\n")

@@ -9,7 +9,9 @@ The second reads a manifest in the format of `python -m mmjax.data.build` (JSON 
 fields image, audio, text and an optional label) and writes one JSON line per row: the
 predicted label, its probability and the top-k; with labels it also prints the accuracy.
 A bad input stops with one line naming the file and the manifest line, or is skipped and
-reported with --skip_bad.
+reported with --skip_bad. A damaged export (a file whose sha256 differs from export.json's,
+an unreadable export.json or function, class names that do not match the outputs) stops
+with one line naming the file.
 
 Raw files are decoded by mmjax/media.py, the functions the data build uses, so a file gives
 the predictor exactly the example it gives training. The predictor needs only jax, numpy,
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -46,6 +49,7 @@ SPEC_FILE = "export.json"
 PARAMS_FILE = "params.safetensors"
 FUNCTION_FILE = "predict.jax_exported"
 TOKENIZER_FILE = "tokenizer.model"
+FILES = "files"  # export.json: {path in the folder: {"sha256", "bytes"}} of every other file
 FIELDS = (*MODALITIES, "label")
 
 
@@ -171,20 +175,101 @@ def _in_export(name: str, export_dir: str) -> str:
     return os.path.join(export_dir, name)
 
 
-# ============================================================================ the predictor
-def read_spec(export_dir: str) -> dict:
-    """The export's export.json, checked; PredictError naming the folder if it is not one."""
+# ============================================================================ integrity
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(folder: str) -> dict[str, dict]:
+    """{'/'-joined path: {'sha256', 'bytes'}} of every file under `folder` but export.json
+    (which holds this table, so it cannot list itself)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder).replace(os.sep, "/")
+            if relative != SPEC_FILE:
+                files[relative] = {"sha256": sha256(path), "bytes": os.path.getsize(path)}
+    return dict(sorted(files.items()))
+
+
+def verify_files(export_dir: str, spec: dict) -> None:
+    """PredictError naming the first file of the export whose size or sha256 differs from
+    what export.json recorded; exports from before checksums are not checked."""
+    listed = spec.get(FILES)
+    if listed is None:
+        return
+    for name, info in listed.items():
+        path = os.path.join(export_dir, *name.split("/"))
+        if not os.path.isfile(path):
+            raise PredictError(f"{path} is missing (export.json lists it); export the run again")
+        size = os.path.getsize(path)
+        if size != info["bytes"] or sha256(path) != info["sha256"]:
+            why = f"{size} bytes, export.json says {info['bytes']}" if size != info["bytes"] else "its sha256 differs from export.json's"
+            raise PredictError(f"{path} is damaged ({why}); export the run again")
+
+
+def _check_spec(spec) -> None:
+    """ValueError if export.json lacks a field the loaders read, or its class names do not
+    match the outputs the export was written with."""
+    if not isinstance(spec, dict):
+        raise ValueError("not a JSON object")
+    fields = {"modalities": list, "class_names": list, "inputs": dict, "outputs": dict, "preprocess": dict,
+              "params_file": str, "function_file": str}
+    for key, kind in fields.items():
+        if not isinstance(spec.get(key), kind):
+            raise ValueError(f"field {key!r} is {'missing' if key not in spec else 'not a ' + kind.__name__}")
+    listed = spec.get(FILES, {})
+    if not isinstance(listed, dict) or not all(
+            isinstance(i, dict) and isinstance(i.get("sha256"), str) and isinstance(i.get("bytes"), int)
+            for i in listed.values()):
+        raise ValueError(f"field {FILES!r} is not a table of sha256 and bytes")
+    classes = (spec["outputs"].get("logits") or [None, None])[-1]
+    if classes is not None and classes != len(spec["class_names"]):
+        raise ValueError(f"it lists {len(spec['class_names'])} class names for {classes} outputs")
+
+
+def read_spec(export_dir: str, *, verify: bool = True) -> dict:
+    """The export's export.json, checked, and (verify) every file it lists checked against
+    its sha256; PredictError naming the folder or the file at fault."""
     path = os.path.join(export_dir, SPEC_FILE)
     if not os.path.isfile(path):
         raise PredictError(f"--export={export_dir} is not an export (no {SPEC_FILE}); make one "
                            "with python -m mmjax.export --workdir=W --out=E")
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    if spec.get("format") != FORMAT:
-        raise PredictError(f"{path}: format {spec.get('format')!r}, this predictor reads {FORMAT!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+        if isinstance(spec, dict) and spec.get("format") != FORMAT:
+            raise PredictError(f"{path}: format {spec.get('format')!r}, this predictor reads {FORMAT!r}")
+        _check_spec(spec)
+    except PredictError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError included
+        raise PredictError(f"{path} is damaged ({e}); export the run again") from None
+    if verify:
+        verify_files(export_dir, spec)
     return spec
 
 
+def deserialize_function(path: str):
+    """The jax.export function of an export; PredictError naming the file if it does not load."""
+    from jax import export as jax_export
+
+    try:
+        with open(path, "rb") as f:
+            return jax_export.deserialize(bytearray(f.read()))
+    except OSError as e:
+        raise PredictError(f"cannot read {path}: {e.strerror}") from None
+    except Exception as e:  # noqa: BLE001 - flatbuffers raises anything on damaged bytes
+        raise PredictError(f"{path} is damaged (jax.export cannot read it: {type(e).__name__}); "
+                           "export the run again") from None
+
+
+# ============================================================================ the predictor
 class Predictor:
     """An export loaded for inference: raw inputs -> class probabilities.
 
@@ -195,7 +280,6 @@ class Predictor:
 
     def __init__(self, export_dir: str, *, batch_size: int = 64):
         import jax  # here, not at the top: preparing inputs needs no jax
-        from jax import export as jax_export
 
         self.directory = export_dir
         self.spec = read_spec(export_dir)
@@ -204,8 +288,12 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.preprocessor = Preprocessor.from_export(self.spec["preprocess"], export_dir)
         params, _ = read_safetensors(os.path.join(export_dir, self.spec["params_file"]))
-        with open(os.path.join(export_dir, self.spec["function_file"]), "rb") as f:
-            exported = jax_export.deserialize(bytearray(f.read()))
+        function_file = os.path.join(export_dir, self.spec["function_file"])
+        exported = deserialize_function(function_file)
+        classes = exported.out_avals[0].shape[-1] if exported.out_avals else None
+        if classes != len(self.class_names):
+            raise PredictError(f"{os.path.join(export_dir, SPEC_FILE)} lists {len(self.class_names)} class names "
+                               f"but {function_file} gives {classes}; export the run again")
         platform = jax.default_backend()
         if platform not in exported.platforms:
             raise PredictError(f"the export runs on {', '.join(exported.platforms)}, not on this "
@@ -276,12 +364,29 @@ def _check_row(obj: dict, base_dir: str, predictor: Predictor) -> tuple[dict, in
     raise ValueError(f"unknown label {label!r}: classes are {shown}")
 
 
+def check_out(out: str) -> None:
+    """PredictError, before any prediction, if `out` cannot become the predictions file."""
+    if os.path.isdir(out):
+        raise PredictError(f"--out={out} is a folder; give a file name such as {os.path.join(out, 'preds.jsonl')}")
+    existing = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PredictError(f"--out={out}: {existing} is a file, not a folder")
+    try:  # a real write, not os.access: root passes that on read-only mounts
+        probe = tempfile.mkdtemp(prefix=".preds-probe-", dir=existing)
+        os.rmdir(probe)
+    except OSError as e:
+        raise PredictError(f"--out={out}: cannot write in {existing} ({e.strerror})") from None
+
+
 def predict_manifest(predictor: Predictor, manifest: str, out: str, *, top_k: int = 5,
                      skip_bad: bool = False, log=print) -> dict:
     """Predicts every row of `manifest` into JSON Lines `out` (written atomically).
 
     Returns {'rows', 'labelled', 'correct', 'accuracy', 'skipped': [(line, problem)]}.
     """
+    check_out(out)
     manifest = os.path.abspath(manifest)
     base_dir = os.path.dirname(manifest)
     skipped, results = [], []
@@ -331,10 +436,14 @@ def predict_manifest(predictor: Predictor, manifest: str, out: str, *, top_k: in
     directory = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".preds-", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for result in results:
+                f.write(json.dumps(result, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     labelled = [r for r in results if "correct" in r]
     correct = sum(r["correct"] for r in labelled)
     summary = {"rows": len(results), "labelled": len(labelled), "correct": correct,
@@ -374,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             raise PredictError("nothing to predict: give --image/--audio/--text or --manifest")
         if args.top_k < 1 or args.batch_size < 1:
             raise PredictError("--top_k and --batch_size must be at least 1")
+        if args.out:
+            check_out(args.out)  # before the export loads and every row is predicted
         predictor = Predictor(args.export, batch_size=args.batch_size)
         if args.manifest:
             predict_manifest(predictor, args.manifest, args.out, top_k=args.top_k,

@@ -94,8 +94,57 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def _mesh_axes(logical: str | None) -> tuple[str, ...]:
+    """The mesh axes LOGICAL_RULES splits a logical axis over (() when replicated)."""
+    for name, axes in LOGICAL_RULES:
+        if name == logical:
+            return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return ()
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_divisible(boxed_abstract_tree, mesh: Mesh) -> None:
+    """UserError (one line) if a mesh axis does not divide an array dimension it splits.
+
+    jax would raise IndivisibleError at init with a bare shape; this names the parameter
+    path, its logical axis, the config.mesh axis and the sizes of that axis that divide
+    every dimension split over it."""
+    leaves = jax.tree_util.tree_leaves_with_path(
+        boxed_abstract_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    problems, dims_of = [], {a: [] for a in MESH_AXES}  # mesh axis -> sizes of the dims it splits
+    for path, leaf in leaves:
+        if not isinstance(leaf, nn.LogicallyPartitioned):
+            continue
+        name = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+        for dim, (size, logical) in enumerate(zip(leaf.value.shape, leaf.names)):
+            axes = _mesh_axes(logical)
+            if not axes:
+                continue
+            split = math.prod(mesh.shape[a] for a in axes)
+            for a in axes:  # the other axes of the same dimension divide it too
+                dims_of[a].append(size // math.gcd(size, split // mesh.shape[a]))
+            if size % split:
+                problems.append((name, dim, logical, size, axes, split))
+    if not problems:
+        return
+    name, dim, logical, size, axes, split = problems[0]
+    axis = axes[0] if len(axes) == 1 else "x".join(axes)
+    fits = {a: [d for d in _divisors(math.gcd(*dims_of[a])) if mesh.devices.size % d == 0] for a in axes}
+    works = "; ".join(f"config.mesh.{a} in {{{', '.join(map(str, fits[a]))}}}" for a in axes)
+    others = len({p[0] for p in problems}) - 1
+    raise UserError(
+        f"config.mesh.{axis}={split} does not divide parameter {name!r} dimension {dim} "
+        f"(logical axis {logical!r}, size {size})" + (f" nor {others} other parameter{'s' * (others > 1)}" if others else "")
+        + f"; sizes that divide every dimension split over it: {works} (or change the model size)")
+
+
 def logical_shardings(boxed_abstract_tree, mesh: Mesh):
-    """NamedShardings for a tree whose leaves carry logical names (nn.LogicallyPartitioned)."""
+    """NamedShardings for a tree whose leaves carry logical names (nn.LogicallyPartitioned);
+    UserError if the mesh does not divide a dimension (check_divisible)."""
+    check_divisible(boxed_abstract_tree, mesh)
     specs = nn.get_partition_spec(boxed_abstract_tree)
     # One spec at a time: flax's own tree walk takes any empty tuple for a spec, including
     # optax's MaskedNode (the no-state marker of frozen parameters), which holds no array.

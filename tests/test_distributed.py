@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ({"MMJAX_COORDINATOR_ADDRESS": "h:1", "MMJAX_NUM_PROCESSES": "4", "MMJAX_PROCESS_ID": "2"},
          distributed.Plan("explicit", "h:1", 4, 2)),
         ({"MMJAX_COORDINATOR_ADDRESS": "h:1", "MMJAX_NUM_PROCESSES": "1", "MMJAX_PROCESS_ID": "0"}, None),
-        ({"SLURM_NTASKS": "8", "SLURM_PROCID": "3"}, distributed.Plan("slurm", None, 8, 3)),
+        ({"SLURM_NTASKS": "8", "SLURM_PROCID": "3", "CUDA_VISIBLE_DEVICES": ""}, distributed.Plan("slurm", None, 8, 3)),
         ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, None),
         ({"MMJAX_DISTRIBUTED": "auto"}, distributed.Plan("tpu")),
         ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, distributed.Plan("tpu")),
@@ -29,6 +29,79 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
 def test_detect(env, expected):
     assert distributed.detect(env) == expected
+
+
+# gpu_slurm.sh: 2 nodes x 1 task x 8 GPUs; SLURM's variables as srun sets them on node 1.
+SLURM_ONE_TASK_PER_NODE = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+                           "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_GPUS_ON_NODE": "8",
+                           "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "SLURM_JOB_ID": "77",
+                           "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_STEP_NUM_NODES": "2"}
+EIGHT = tuple(range(8))
+
+
+@pytest.mark.parametrize("env, expected", [
+    (SLURM_ONE_TASK_PER_NODE, distributed.Plan("slurm", None, 2, 1, EIGHT)),
+    ({**SLURM_ONE_TASK_PER_NODE, "CUDA_VISIBLE_DEVICES": None}, distributed.Plan("slurm", None, 2, 1, EIGHT)),
+    # one task per GPU sharing the node's 8: each its own (jax's default, made explicit)
+    ({**SLURM_ONE_TASK_PER_NODE, "SLURM_NTASKS": "16", "SLURM_PROCID": "13", "SLURM_LOCALID": "5",
+      "SLURM_STEP_TASKS_PER_NODE": "8(x2)"}, distributed.Plan("slurm", None, 16, 13, (5,))),
+    # 2 tasks per node, 4 GPUs each
+    ({**SLURM_ONE_TASK_PER_NODE, "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+      "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}, distributed.Plan("slurm", None, 4, 3, (4, 5, 6, 7))),
+    # --gpus-per-task=1: srun gives every task its own GPU, visible as index 0
+    ({**SLURM_ONE_TASK_PER_NODE, "SLURM_NTASKS": "16", "SLURM_PROCID": "13", "SLURM_LOCALID": "5",
+      "SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "5"},
+     distributed.Plan("slurm", None, 16, 13, (0,))),
+    # Open MPI: mpirun -np 16 over 2 nodes, and one rank per node
+    ({"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+      "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:4000",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, distributed.Plan("mpi", None, 16, 9, (1,))),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+      "OMPI_COMM_WORLD_LOCAL_SIZE": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+     distributed.Plan("mpi", None, 2, 1, EIGHT)),
+    ({"OMPI_COMM_WORLD_SIZE": "1", "OMPI_COMM_WORLD_RANK": "0"}, None),
+    # Kubernetes: an indexed Job and a JobSet; a plain pod runs alone
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "3"}, distributed.Plan("kubernetes")),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOBSET_NAME": "mm"}, distributed.Plan("kubernetes")),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOBSET_NAME": "mm", "MMJAX_DISTRIBUTED": "off"}, None),
+])
+def test_detect_clusters_and_local_gpus(env, expected):
+    assert distributed.detect({k: v for k, v in env.items() if v is not None}) == expected
+
+
+def test_slurm_one_task_per_node_initializes_with_every_local_gpu(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    distributed.initialize(SLURM_ONE_TASK_PER_NODE)
+    (kw,) = calls
+    assert kw["local_device_ids"] == list(EIGHT)  # jax alone would keep [SLURM_LOCALID] = [0]
+    assert kw["num_processes"] == 2 and kw["process_id"] == 1 and kw["coordinator_address"] is None
+    assert "process 1 of 2 (slurm) joining the coordinator found by jax's cluster detection with 8 local GPUs " \
+           "0,1,2,3,4,5,6,7" in capsys.readouterr().err
+    # and what jax makes of it: the coordinator from SLURM's node list, all 8 GPUs kept
+    from jax._src.clusters import ClusterEnv
+
+    monkeypatch.setattr(os, "environ", {**os.environ, **SLURM_ONE_TASK_PER_NODE})
+    address, count, rank, ids = ClusterEnv.auto_detect_unset_distributed_params(
+        None, kw["num_processes"], kw["process_id"], kw["local_device_ids"], None, None)
+    assert address.startswith("gpu01:") and (count, rank, list(ids)) == (2, 1, list(EIGHT))
+
+
+def test_mpi_and_kubernetes_join_through_jax_detection(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    distributed.initialize({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOBSET_NAME": "mm"})
+    distributed.initialize({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2", "CUDA_VISIBLE_DEVICES": ""})
+    assert [(c["coordinator_address"], c["num_processes"], c["process_id"]) for c in calls] == [
+        (None, None, None), (None, 4, 2)]
+
+    def fail(**kw):
+        raise ValueError("coordinator_address should be defined.")
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", fail)
+    with pytest.raises(UserError, match=r"\(kubernetes\) .* failed: coordinator_address should be defined. "
+                                        r"\(Kubernetes: jax's detection needs pip install 'jax\[k8s\]'\)"):
+        distributed.initialize({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "0"})
 
 
 def test_detect_rejects_incomplete_explicit_env():

@@ -352,6 +352,9 @@ def parse_classes(value: str) -> list[str] | None:
                 raise ManifestError(f"--classes={value}: {path} has no 'class_names' list") from None
         else:
             names = [line.strip() for line in text.splitlines() if line.strip()]
+    elif "/" in value or value.endswith((".txt", ".json")):  # meant as a file: not one class name
+        raise ManifestError(f"--classes={value}: no such file or data set directory; give a names file, "
+                            "a data set directory or comma-separated names")
     else:
         names = [n.strip() for n in value.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
