@@ -195,6 +195,7 @@ def follow_data(config_data, specs: Sequence[dict], modalities: Sequence[str]) -
     the config leaves them at their defaults and those do not fit (as the default
     config.modalities follows the data); returns one line for each value taken and for texts
     that training will cut. A value the user set is kept (check_spec then names the mismatch).
+    `specs`: the training data's first, then the evaluators'.
     Synthetic data are generated at the config's sizes and always fit."""
     lines = []
     specs = [s for s in specs if not s["modalities"].get("image", {}).get("generated")]
@@ -225,9 +226,10 @@ def follow_data(config_data, specs: Sequence[dict], modalities: Sequence[str]) -
                          "to override)")
         longest = max((t.get("max_tokens", t["max_bytes"]) for t, _ in same), default=0)
         if longest > config_data.text_length:
-            counted = [b["texts_longer_than_length"] for t, b in same
-                       if t.get("length") == config_data.text_length and "texts_longer_than_length" in b]
-            count = f"{sum(counted)} texts" if len(counted) == len(specs) else "texts"
+            train_text, train_build = texts[0]  # the build counted at its --text_length: usable if that is ours
+            counted = (train_text.get("tokenizer") == tokenizer and train_text.get("length") == config_data.text_length
+                       and "texts_longer_than_length" in train_build)
+            count = f"{train_build['texts_longer_than_length']} training texts" if counted else "texts"
             lines.append(f"{count} longer than data.text_length={config_data.text_length} tokens (up to {longest}) "
                          f"are cut to that; set --config.data.text_length={longest} to keep them whole")
     return lines
