@@ -123,3 +123,32 @@ def test_sizes_follow_a_built_data_set_unless_set(tiny_config, tmp_path, monkeyp
                          "data.text_length=16 (the data set's build --text_length; set it to override)",
                          "2 training texts longer than data.text_length=16 tokens (up to 18) are cut to that; "
                          "set --config.data.text_length=18 to keep them whole"]
+
+
+@pytest.mark.parametrize("case", ["cut shard", "cache_dir a file"])
+def test_data_faults_are_one_line_from_the_train_command(tmp_path, capsys, monkeypatch, case):
+    """Issue 15: each was a traceback (Riegeli's RuntimeError, FileExistsError)."""
+    import os
+
+    from conftest import TINY_OVERRIDES
+    from PIL import Image
+
+    args = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    if case == "cut shard":
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+        (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "label": 0}) + "\n")
+        spec = _build(tmp_path / "m.jsonl", tmp_path / "ds")
+        shard = tmp_path / "ds" / spec["shards"][0]
+        shard.write_bytes(shard.read_bytes()[:100])
+        args += [f"--config.data.train={tmp_path / 'ds'}", f"--config.data.eval={tmp_path / 'ds'}"]
+        expected = f"data shard {shard} is damaged or cut short ("
+    else:
+        (tmp_path / "cache").write_text("")
+        args.append(f"--config.data.cache_dir={tmp_path / 'cache'}")
+        expected = f"config.data.cache_dir='{tmp_path / 'cache'}' (where the synthetic data are written): cannot write"
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
+    base = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "base.py")
+    status = train.main(["mmjax.train", f"--config={base}", *args, f"--workdir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("mmjax.train: error: ") and expected in err, err
