@@ -317,8 +317,8 @@ def check_wav_header(path: str) -> None:
                                      f"{'/'.join(map(str, WAV_BITS[1]))}-bit or float 32/64-bit); "
                                      "convert it, e.g. sox IN.wav -b 16 OUT.wav")
                 if tag in WAV_BITS and block_align != channels * bits // 8:
-                    raise ValueError(f"its header is inconsistent: {channels} channel{'s' * (channels > 1)} of {bits} bits "
-                                     f"but {block_align} bytes per frame")
+                    raise ValueError(f"its header is inconsistent: {channels} channel{'s' * (channels > 1)} of "
+                                     f"{bits} bits but {block_align} bytes per frame")
                 fmt = tag
                 if length & 1:
                     f.seek(1, 1)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import glob
 import math
 import multiprocessing
 import os

@@ -5,7 +5,9 @@ random-access source of encoded records (see `codec.py`), the parsed spec and th
 count. `name` is 'synthetic' (the embedded task, generated into the cache on first use), a
 directory in the format of format.py (written by writer.py or `python -m mmjax.data.build`),
 or 'tfds:NAME' (see tfds_source.py). `choose_modalities` decides which of the data's
-modalities a run uses, and `check_spec` checks a spec against the config.
+modalities a run uses, `follow_data` the image size, audio and text length the config
+leaves at their defaults, and `check_spec` checks a spec against the config. A damaged
+shard is a ShardError (a UserError: one line) when opened or read.
 """
 
 from __future__ import annotations

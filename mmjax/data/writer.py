@@ -19,7 +19,6 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from mmjax.data.format import SPEC_FILE, dataset_files, shard_name, validate_spec
 
-PART_PATTERN = ".part-*.array_record.tmp"  # glob of the hidden parts, as left by a killed write
 
 
 class ShardWriter:

@@ -147,7 +147,8 @@ def test_data_faults_are_one_line_from_the_train_command(tmp_path, capsys, monke
         args.append(f"--config.data.cache_dir={tmp_path / 'cache'}")
         expected = f"config.data.cache_dir='{tmp_path / 'cache'}' (where the synthetic data are written): cannot write"
     monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
-    base = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "base.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = os.path.join(root, "configs", "base.py")
     status = train.main(["mmjax.train", f"--config={base}", *args, f"--workdir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
