@@ -20,7 +20,6 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from mmjax.data.format import SPEC_FILE, dataset_files, shard_name, validate_spec
 
 
-
 class ShardWriter:
     """Writes records into numbered hidden part files; `finish` renames them into shards."""
 
@@ -143,7 +142,7 @@ def replace_dataset(tmp: str, out: str) -> None:
     if not os.path.isdir(out):
         os.rename(tmp, out)
         return
-    old = dataset_files(out)
+    old = [n for n in dataset_files(out) if os.path.lexists(os.path.join(out, n))]
     new = sorted(os.listdir(tmp), key=lambda n: n == SPEC_FILE)  # spec.json last
     taken = clashes(out, new, old)
     if taken:
