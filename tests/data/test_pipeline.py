@@ -208,7 +208,7 @@ def _cut(path, keep):
 
 def test_a_cut_shard_is_one_line_naming_it_at_open_and_mid_read(tmp_path):
     src = _make_dir(tmp_path / "ds", 40)
-    shard = os.path.join(src.directory, src.spec["shards"][1])
+    shard = os.path.join(src.directory, "data-00001-of-00002.array_record")
     _cut(shard, 70_000)  # cut while open: the reader finds it mid-run
     it = pipeline.train_batches(src, _config(), global_batch=8)
     with pytest.raises(sources.ShardError) as info:

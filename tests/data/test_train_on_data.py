@@ -137,8 +137,8 @@ def test_data_faults_are_one_line_from_the_train_command(tmp_path, capsys, monke
     if case == "cut shard":
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
         (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "label": 0}) + "\n")
-        spec = _build(tmp_path / "m.jsonl", tmp_path / "ds")
-        shard = tmp_path / "ds" / spec["shards"][0]
+        _build(tmp_path / "m.jsonl", tmp_path / "ds")
+        shard = tmp_path / "ds" / "data-00000-of-00001.array_record"
         shard.write_bytes(shard.read_bytes()[:100])
         args += [f"--config.data.train={tmp_path / 'ds'}", f"--config.data.eval={tmp_path / 'ds'}"]
         expected = f"data shard {shard} is damaged or cut short ("
