@@ -176,7 +176,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     values = image.astype(np.float64)
     if image.size and not np.all(np.isfinite(values)):
         raise ValueError("image has NaN or infinite pixels")
-    if image.dtype == np.uint16:
+    if image.dtype.kind == "u" and image.dtype.itemsize == 2:  # either byte order (Pillow's I;16B)
         values = values / 257.0  # 65535 -> 255
     elif image.dtype.kind == "f" and image.size and float(np.max(values)) <= 1.0:
         values = values * 255.0  # floats in 0..1
