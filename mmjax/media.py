@@ -1,10 +1,12 @@
 """Raw media -> what a model is fed: the one definition shared by the data build and predict.
 
-image: a PNG, JPEG, BMP, GIF, TIFF, WEBP or PPM file (IMAGE_FORMATS) or an array
+image: a PNG, JPEG, BMP, GIF, TIFF, WEBP or PPM file (IMAGE_FORMATS; turned upright by its
+EXIF orientation; 16-bit and float pixels scaled to 8 bits, not clipped) or an array
 [H, W(, C)] -> RGB uint8 [size, size, 3], as an ImageResize says: mmjax's own ('square':
 the centred square, then Pillow's bilinear filter) or a checkpoint's image processor
 ('stretch' to size x size, or 'shortest_edge' then a centred crop, with its filter).
-audio: a WAV file (PCM 8/16/24/32-bit or float, any channels) or an array -> mono float32
+audio: a WAV file (PCM 8/16/24/32/64-bit or float 32/64, any channels; a header cut short, 0
+channels, other bit depths or data shorter than the header declares are refused) or an array -> mono float32
 in [-1, 1] at the target rate (channels averaged, scipy's polyphase resampling), and a
 waveform -> the batch's fixed length plus its valid sample count.
 text: token ids cut or padded (with the tokenizer's pad_id) to a length: mmjax's layout
@@ -26,10 +28,11 @@ import math
 import os
 import re
 import string
+import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.io import wavfile
 
 from mmjax.contract import PAD_ID
@@ -90,7 +93,7 @@ class ImageResize:
 
     def apply(self, picture: Image.Image, size: int) -> np.ndarray:
         """Pillow image -> RGB uint8 [size, size, 3]."""
-        picture = picture.convert("RGB")
+        picture = to_rgb(picture)
         w, h = picture.size
         if w == 0 or h == 0:
             raise ValueError("image is empty (0 pixels)")
@@ -164,18 +167,45 @@ def image_resize(spec: str) -> ImageResize:
     return ImageResize.from_processor(processor)
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Pixel values -> uint8: uint16 is 16-bit (0..65535), floats are 0..1 when none is above 1
+    and 0..255 otherwise, other integers 0..255; out-of-range values are clipped."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    values = image.astype(np.float64)
+    if image.size and not np.all(np.isfinite(values)):
+        raise ValueError("image has NaN or infinite pixels")
+    if image.dtype.kind == "u" and image.dtype.itemsize == 2:  # either byte order (Pillow's I;16B)
+        values = values / 257.0  # 65535 -> 255
+    elif image.dtype.kind == "f" and image.size and float(np.max(values)) <= 1.0:
+        values = values * 255.0  # floats in 0..1
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+# Pillow modes whose convert('RGB') clips values to 0..255 instead of scaling: a 16-bit PNG
+# (I;16) comes out near-binary and a float TIFF (F, values in 0..1) black.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(picture: Image.Image) -> Image.Image:
+    """A Pillow image of any mode -> RGB, 16-bit and float pixels scaled to 8 bits (to_uint8)."""
+    if picture.mode in _WIDE_MODES:
+        values = np.asarray(picture)
+        if picture.mode == "I" and (values.size == 0 or int(values.max()) <= 65535):
+            values = values.astype(np.uint16)  # 16-bit data Pillow widened to 32-bit ints
+        picture = Image.fromarray(to_uint8(values))
+    return picture.convert("RGB")
+
+
 def resize_image(image: np.ndarray, size: int, resize: ImageResize = ImageResize()) -> np.ndarray:
-    """Array [H, W], [H, W, 1|3|4] (uint8 or float in 0..1/0..255) -> uint8 [size, size, 3]."""
+    """Array [H, W], [H, W, 1|3|4] (uint8, uint16, or float in 0..1/0..255) -> uint8 [size, size, 3]."""
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
         raise ValueError(f"expected an image [H, W] or [H, W, 1|3|4], got shape {list(image.shape)}")
-    if image.dtype != np.uint8:
-        if image.dtype.kind == "f" and image.size and float(np.max(image)) <= 1.0:
-            image = image * 255.0  # floats in 0..1
-        image = np.clip(np.rint(image.astype(np.float64)), 0, 255).astype(np.uint8)
-    return resize.apply(Image.fromarray(image), size)
+    return resize.apply(Image.fromarray(to_uint8(image)), size)
 
 
 def load_image(path: str, size: int, resize: ImageResize = ImageResize()) -> np.ndarray:
@@ -185,7 +215,8 @@ def load_image(path: str, size: int, resize: ImageResize = ImageResize()) -> np.
 
 def open_image(path: str) -> Image.Image:
     """Decodes an image file (one of IMAGE_FORMATS, at most MAX_PIXELS) into a loaded Pillow
-    image; raises ValueError naming the file if it cannot."""
+    image turned upright as its EXIF orientation says (cameras store the sensor's rotation
+    there); raises ValueError naming the file if it cannot."""
     try:
         with warnings.catch_warnings():  # Pillow warns over MAX_PIXELS; we refuse instead
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -196,7 +227,10 @@ def open_image(path: str) -> Image.Image:
                 raise ValueError(f"cannot decode image {path!r}: {w}x{h} is over {MAX_PIXELS:,} "
                                  "pixels (a decompression bomb?); shrink it first")
             picture.load()  # decode now: a truncated file fails here, not later
-            return picture.copy()
+            try:
+                return ImageOps.exif_transpose(picture)  # a copy, upright
+            except (ValueError, KeyError, TypeError, struct.error) as e:
+                raise ValueError(f"cannot decode image {path!r}: its EXIF orientation is unreadable ({e})") from None
     except FileNotFoundError:
         raise ValueError(f"image file {path!r} does not exist") from None
     except UnidentifiedImageError:
@@ -240,16 +274,82 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
+# Sample formats read (fmt chunk tag -> bits per sample): PCM and IEEE float, as scipy decodes
+# them. Other depths (12-bit, 20-bit in a wider container) scipy reads as their container
+# with no check that the samples are left-justified, so they are refused instead.
+WAV_BITS = {1: (8, 16, 24, 32, 64), 3: (32, 64)}
+_WAV_EXTENSIBLE = 0xFFFE  # the real tag is the first 2 bytes of its sub-format GUID
+_WAV_UNKNOWN_SIZE = 0xFFFFFFFF  # written by streaming encoders (and RF64): up to the end of the file
+
+
+def check_wav_header(path: str) -> None:
+    """Checks a WAV file's fmt and data chunks; raises ValueError saying what is wrong.
+
+    By hand (struct) because scipy's reader does not: a header cut short raises struct.error,
+    0 channels ZeroDivisionError, and data cut short is read up to the end with a warning.
+    Files that are not RIFF/WAVE at all are left to scipy's own message."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+            return
+        order = ">" if head[:4] == b"RIFX" else "<"
+        fmt = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                break
+            kind, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if kind == b"fmt ":
+                body = f.read(length)
+                if length < 16 or len(body) < 16:
+                    raise ValueError(f"its header is cut short (fmt chunk of {len(body)} bytes, at least 16 needed)")
+                tag, channels, rate, byte_rate, block_align, bits = struct.unpack(order + "HHIIHH", body[:16])
+                if tag == _WAV_EXTENSIBLE and len(body) >= 26:
+                    tag = struct.unpack(order + "H", body[24:26])[0]
+                if channels == 0:
+                    raise ValueError("its header says 0 channels")
+                if rate == 0:
+                    raise ValueError("its header says a sample rate of 0 Hz")
+                if tag in WAV_BITS and bits not in WAV_BITS[tag]:
+                    kind_name = "PCM" if tag == 1 else "float"
+                    raise ValueError(f"{bits}-bit {kind_name} samples are not read (PCM "
+                                     f"{'/'.join(map(str, WAV_BITS[1]))}-bit or float 32/64-bit); "
+                                     "convert it, e.g. sox IN.wav -b 16 OUT.wav")
+                if tag in WAV_BITS and block_align != channels * bits // 8:
+                    raise ValueError(f"its header is inconsistent: {channels} channel{'s' * (channels > 1)} of "
+                                     f"{bits} bits but {block_align} bytes per frame")
+                fmt = tag
+                if length & 1:
+                    f.seek(1, 1)
+            elif kind == b"data":
+                if fmt is None:
+                    raise ValueError("its samples come before the fmt header that describes them")
+                available = size - f.tell()
+                if head[:4] != b"RF64" and length != _WAV_UNKNOWN_SIZE and length > available:
+                    raise ValueError(f"its data are cut short: the header declares {length:,} bytes of "
+                                     f"samples, the file holds {available:,}")
+                return
+            else:
+                f.seek(length + (length & 1), 1)
+        if fmt is None:
+            raise ValueError("its header is cut short (no fmt chunk)")
+        raise ValueError("it has no data chunk (cut short?)")
+
+
 def load_wav(path: str, rate: int) -> np.ndarray:
     """Decodes a WAV file -> mono float32 [n] at `rate`; raises ValueError if it cannot."""
     if not os.path.isfile(path):
         raise ValueError(f"audio file {path!r} does not exist")
     try:
+        check_wav_header(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # unknown extra chunks
             file_rate, data = wavfile.read(path)
-    # scipy's reader raises these for malformed files (UnboundLocalError: no fmt chunk).
-    except (ValueError, OSError, EOFError, IndexError, TypeError, UnboundLocalError) as e:
+    # scipy's reader raises these for malformed files (UnboundLocalError: no fmt chunk; struct.error
+    # and ZeroDivisionError for headers check_wav_header does not reach).
+    except (ValueError, OSError, EOFError, IndexError, TypeError, UnboundLocalError, struct.error,
+            ZeroDivisionError) as e:
         raise ValueError(f"cannot decode WAV {path!r}: {e}") from None
     try:
         wave = to_mono_float(data)

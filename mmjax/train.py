@@ -74,6 +74,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             everything = (train_source, *eval_sources.values())
             # The data decide the modalities unless config.modalities asks for fewer.
             modalities = sources.choose_modalities(config.modalities, *(s.spec for s in everything))
+            for line in sources.follow_data(config.data, [s.spec for s in everything], modalities):
+                log(line)  # image size, audio and text length the data decide unless the config sets them
             for source in everything:
                 sources.check_spec(source.spec, config.data, modalities)
             for source in eval_sources.values():

@@ -121,3 +121,86 @@ def test_sentencepiece_tokenizer(spm_model):
                                   media.tokenize("which note", 12, tok))
     with pytest.raises(ValueError, match="neither 'bytes' nor an existing SentencePiece model"):
         media.make_tokenizer("/no/such.model")
+
+
+# ---------------------------------------------------------------- damaged WAVs (issue 15)
+def _good_wav_bytes(tmp_path) -> bytes:
+    wavfile.write(tmp_path / "good.wav", 8000, (np.sin(np.arange(1000) / 5) * 10000).astype(np.int16))
+    return (tmp_path / "good.wav").read_bytes()
+
+
+# name -> (the damaged bytes of a 1000-sample int16 mono WAV with a 44-byte header, what the message says)
+DAMAGED_WAVS = {
+    "header cut short": (lambda b: b[:20], "its header is cut short"),
+    "no fmt chunk": (lambda b: b[:12], "its header is cut short"),
+    "0 channels": (lambda b: b[:22] + struct.pack("<H", 0) + b[24:], "its header says 0 channels"),
+    "0 Hz": (lambda b: b[:24] + struct.pack("<I", 0) + b[28:], "sample rate of 0 Hz"),
+    "12-bit header": (lambda b: b[:34] + struct.pack("<H", 12) + b[36:], "12-bit PCM samples are not read"),
+    "data cut short": (lambda b: b[:1000], "its data are cut short: the header declares 2,000 bytes"),
+    "header only": (lambda b: b[:44], "the file holds 0"),
+    "inconsistent frame": (lambda b: b[:32] + struct.pack("<H", 4) + b[34:], "its header is inconsistent"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_WAVS))
+def test_a_damaged_wav_is_one_line_naming_the_file(tmp_path, case):
+    """Each was a struct.error / ZeroDivisionError traceback, or silently accepted, before."""
+    damage, expected = DAMAGED_WAVS[case]
+    path = tmp_path / "bad.wav"
+    path.write_bytes(damage(_good_wav_bytes(tmp_path)))
+    with pytest.raises(ValueError) as info:
+        media.load_wav(str(path), 8000)
+    message = str(info.value)
+    assert message.startswith(f"cannot decode WAV {str(path)!r}: ") and expected in message, message
+    assert "\n" not in message
+
+
+def test_wav_header_check_keeps_what_scipy_reads(tmp_path):
+    """Float, 24-bit, extensible (3 channels), odd-sized extra chunks and a streaming size stay readable."""
+    wave = np.sin(np.arange(300) / 7).astype(np.float32)
+    wavfile.write(tmp_path / "f.wav", 8000, wave)
+    np.testing.assert_allclose(media.load_wav(str(tmp_path / "f.wav"), 8000), wave, atol=1e-7)
+    wavfile.write(tmp_path / "c3.wav", 8000, np.stack([wave] * 3, 1))  # scipy writes WAVE_FORMAT_EXTENSIBLE
+    np.testing.assert_allclose(media.load_wav(str(tmp_path / "c3.wav"), 8000), wave, atol=1e-6)
+    good = _good_wav_bytes(tmp_path)
+    extra = b"LIST" + struct.pack("<I", 3) + b"abc\0"  # an odd chunk, padded to even
+    (tmp_path / "x.wav").write_bytes(good[:36] + extra + good[36:])
+    assert len(media.load_wav(str(tmp_path / "x.wav"), 8000)) == 1000
+    (tmp_path / "s.wav").write_bytes(good[:40] + struct.pack("<I", 0xFFFFFFFF) + good[44:])
+    assert len(media.load_wav(str(tmp_path / "s.wav"), 8000)) == 1000
+
+
+# ---------------------------------------------------------------- 16-bit, float and rotated images (issue 15)
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    got = media.load_image(str(tmp_path / "g16.png"), 64, media.ImageResize("stretch", "nearest"))
+    np.testing.assert_array_equal(got[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    assert len(np.unique(got)) > 200  # was 0..255 clipped: nearly all 255
+    np.testing.assert_array_equal(media.resize_image(ramp, 64, media.ImageResize("stretch", "nearest")), got)
+
+
+def test_a_float_tiff_is_scaled_not_black(tmp_path):
+    values = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "f.tiff")
+    got = media.load_image(str(tmp_path / "f.tiff"), 32, media.ImageResize("stretch", "nearest"))
+    np.testing.assert_array_equal(got[..., 1], np.rint(values * 255).astype(np.uint8))
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "nan.tiff")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        media.load_image(str(tmp_path / "nan.tiff"), 4)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied(tmp_path, fmt):
+    """Orientation 6 (rotate 90 clockwise to view): a 20x10 landscape file is a 10x20 portrait."""
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / f"r.{fmt.lower()}"
+    Image.fromarray(pixels).save(path, format=fmt, exif=exif, quality=100)
+    upright = media.open_image(str(path))
+    assert upright.size == (10, 20)  # width 10, height 20
+    rows = np.asarray(upright.convert("L"), np.float64)
+    assert rows[:10].mean() > 200 and rows[10:].mean() < 50  # the white half is now on top

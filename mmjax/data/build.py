@@ -1,22 +1,26 @@
 """Builds a data set directory from a user's files: manifest -> ArrayRecord shards + spec.json.
 
     python -m mmjax.data.build --manifest=FILE --out=DIR [--image_size=16] [--audio_rate=8000]
-        [--audio_samples=0] [--image_from=hf:DIR] [--audio_from=hf:DIR] [--classes=...]
-        [--optional_modalities=...] [--skip_bad] [--workers=0] [--num_shards=0]
+        [--audio_samples=0] [--text_length=32] [--tokenizer=bytes] [--image_from=hf:DIR]
+        [--audio_from=hf:DIR] [--classes=...] [--optional_modalities=...] [--skip_bad]
+        [--workers=0] [--num_shards=0] [--overwrite]
 
 The manifest (JSON Lines or CSV, see manifest.py) is checked first; then worker processes
 (all cores by default) decode images (resized to image_size x image_size RGB: the centred
 square, bilinear; or as the image processor of the checkpoint --image_from names, at its size
 unless --image_size) and WAV files (mono, resampled to audio_rate, or to the sampling rate of
 --audio_from's feature extractor; cut to audio_samples if that is > 0), and the main process
-writes the encoded examples in manifest order. Targets are stored as 'label' (class id),
+writes the encoded examples in manifest order. Texts are stored whole; the build counts those
+longer than --text_length tokens of --tokenizer (the length training follows by default, which
+cuts them) and says so. Targets are stored as 'label' (class id),
 'labels' (int32 class ids) and 'target' (float32 [T]); spec.json lists them in 'tasks'.
 Rows may lack the modalities named in --optional_modalities (spec 'optional_modalities'):
 such examples are stored without the field, and training batches flag them absent. Any bad row stops the build with one
 message naming the manifest line, unless --skip_bad, which skips such rows and lists them
-in DIR/skipped.jsonl (or --report). Atomic output: each shard is written under a hidden
-temporary name and renamed when complete, and spec.json, which makes DIR a data set, is
-written last; a killed build leaves no spec.json and no shard that looks complete.
+in DIR/skipped.jsonl (or --report). Atomic output: the data set is built in a hidden folder
+(beside DIR, or inside it if DIR exists) and moved into DIR when complete, spec.json last;
+a failed or interrupted build leaves DIR as it was, and --overwrite replaces only the files
+of the data set already there (those its spec.json lists), never other files in DIR.
 """
 
 from __future__ import annotations
@@ -24,22 +28,23 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import glob
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 
 import numpy as np
 
 from mmjax import media
 from mmjax.data import codec
-from mmjax.data.format import FORMAT, SHARD_PATTERN, SPEC_FILE
+from mmjax.data.format import FORMAT, SPEC_FILE, dataset_files, shard_name
 from mmjax.data.manifest import Manifest, ManifestError, parse_classes, read_manifest
-from mmjax.data.writer import PART_PATTERN, ShardWriter, write_json_atomically, write_spec
+from mmjax.data.writer import ShardWriter, clashes, make_aside, replace_dataset, write_json_atomically, write_spec
 
 REPORT_FILE = "skipped.jsonl"
 EXAMPLES_PER_SHARD = 5000
+TEXT_LENGTH = 32  # --text_length's default: config.data.text_length's
 _CHUNK = 32  # rows per worker task: large enough to amortise the IPC, small for a smooth bar
 
 
@@ -48,6 +53,16 @@ class BuildError(ValueError):
 
 
 # ---------------------------------------------------------------- decoding (in workers)
+_TOKENIZERS: dict = {}  # name -> tokenizer, made once per process (a checkpoint's may take a while)
+
+
+def _tokens(text: str, name: str) -> int:
+    """The number of ids `name` gives `text` uncut (no tokenizer gives more than bytes + specials)."""
+    if name not in _TOKENIZERS:
+        _TOKENIZERS[name] = media.make_tokenizer(name)
+    return len(_TOKENIZERS[name].ids(text, len(text.encode("utf-8")) + 16))
+
+
 def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
     """Manifest fields -> (stored example, facts for the spec); ValueError if undecodable."""
     example, facts = {}, {}
@@ -62,6 +77,7 @@ def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
     if "text" in fields:
         example["text"] = fields["text"]
         facts["text_bytes"] = len(fields["text"].encode("utf-8"))
+        facts["text_tokens"] = _tokens(fields["text"], options["tokenizer"])
     if "label" in fields:
         example["label"] = int(fields["label"])
     if "labels" in fields:
@@ -109,21 +125,22 @@ def _decoded(tasks: list, workers: int):
 
 
 # ---------------------------------------------------------------- the output directory
-def _prepare_out(out: str, overwrite: bool) -> None:
-    """Creates `out`, refusing to mix with a data set already there unless --overwrite."""
+def _old_dataset(out: str, overwrite: bool) -> list[str]:
+    """The files of the data set already in `out` (to be replaced), refusing to replace one
+    without --overwrite; nothing is deleted here (see replace_dataset)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise BuildError(f"--out={out} is a file; give a directory")
-    os.makedirs(out, exist_ok=True)
-    ours = glob.glob(os.path.join(out, SHARD_PATTERN)) + glob.glob(os.path.join(out, PART_PATTERN))
-    spec = os.path.join(out, SPEC_FILE)
-    if os.path.exists(spec):
-        if not overwrite:
-            raise BuildError(f"--out={out} already holds a data set; pass --overwrite to "
-                             "replace it or choose another directory")
-        os.remove(spec)  # first, so a killed rebuild never leaves a spec over new shards
-    # Shards without a spec are left-overs of a killed build: never part of a data set.
-    for path in ours + glob.glob(os.path.join(out, REPORT_FILE)):
-        os.remove(path)
+    if not os.path.isdir(out):
+        return []
+    try:
+        old = dataset_files(out)
+    except ValueError as e:
+        raise BuildError(f"--out={out} has a spec.json that is not an mmjax data set ({e}); choose another "
+                         "directory") from None
+    if old and not overwrite:
+        raise BuildError(f"--out={out} already holds a data set; pass --overwrite to "
+                         "replace it or choose another directory")
+    return old
 
 
 def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> dict:
@@ -138,16 +155,22 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
         modalities["audio"] = {"sample_rate": options["audio_rate"],
                                "max_samples": int(facts["max_samples"])}
     if "text" in manifest.modalities:
-        modalities["text"] = {"max_bytes": int(facts["max_text_bytes"])}
+        modalities["text"] = {"max_bytes": int(facts["max_text_bytes"]), "length": options["text_length"],
+                              "tokenizer": options["tokenizer"], "max_tokens": int(facts["max_text_tokens"])}
     spec = {
         "format": FORMAT,
         "num_examples": num_examples,
         "num_classes": len(manifest.class_names),
         "class_names": manifest.class_names,
         "modalities": modalities,
+        "shards": list(facts["shards"]),
         "build": {"manifest": manifest.path, "skipped_rows": int(facts["skipped"]),
                   "audio_clips_cut": int(facts["cut"])},
     }
+    if "text" in manifest.modalities:
+        spec["build"]["texts_longer_than_length"] = int(facts["texts_cut"])
+    if facts["report"]:
+        spec["build"]["report"] = facts["report"]
     if manifest.tasks != ["classification"]:  # older readers and specs: classification only
         spec["tasks"] = manifest.tasks
     if "target" in manifest.targets:
@@ -160,7 +183,8 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
 
 # ---------------------------------------------------------------- the build
 def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int = 0,
-          audio_samples: int = 0, image_from: str = "", audio_from: str = "", classes: str = "", modalities: str = "",
+          audio_samples: int = 0, text_length: int = TEXT_LENGTH, tokenizer: str = "bytes",
+          image_from: str = "", audio_from: str = "", classes: str = "", modalities: str = "",
           optional_modalities: str = "", skip_bad: bool = False, report: str = "", workers: int = 0, num_shards: int = 0,
           overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """Builds DIR from a manifest (see module docstring); returns the spec written.
@@ -169,8 +193,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
     problem; nothing that looks like a data set is left behind then.
     """
     image_resize, image_size, audio_rate = _checkpoint_preprocessing(image_from, image_size, audio_from, audio_rate)
-    if image_size <= 0 or audio_rate <= 0 or audio_samples < 0:
-        raise BuildError("--image_size and --audio_rate must be > 0 and --audio_samples >= 0")
+    if image_size <= 0 or audio_rate <= 0 or audio_samples < 0 or text_length <= 0:
+        raise BuildError("--image_size, --audio_rate and --text_length must be > 0 and --audio_samples >= 0")
     manifest = read_manifest(
         manifest_path, classes=parse_classes(classes),
         modalities=[m.strip() for m in modalities.split(",") if m.strip()] or None,
@@ -189,11 +213,43 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
     shards = num_shards or math.ceil(len(rows) / EXAMPLES_PER_SHARD)
     rows_per_part = math.ceil(len(rows) / max(1, min(shards, len(rows))))
     options = {"image_size": image_size, "image_resize": image_resize, "image_from": image_from,
-               "audio_rate": audio_rate, "audio_samples": audio_samples, "optional": manifest.optional}
+               "audio_rate": audio_rate, "audio_samples": audio_samples, "optional": manifest.optional,
+               "text_length": text_length, "tokenizer": tokenizer or "bytes"}
+    if "text" in manifest.modalities:
+        try:
+            media.make_tokenizer(options["tokenizer"])
+        except ValueError as e:
+            raise BuildError(f"--tokenizer: {e}".replace("config.data.tokenizer=", "")) from None
 
-    _prepare_out(out, overwrite)
-    shards = ShardWriter(out)
-    facts = collections.Counter(max_samples=0, max_text_bytes=0)
+    old = _old_dataset(out, overwrite)
+    # Names this build will take in `out` (fewer shards if --skip_bad empties some): refused now,
+    # before any decoding, if one belongs to the user.
+    parts = max(1, min(shards, len(rows)))
+    report_in_out = not report and skip_bad
+    taken = clashes(out, [SPEC_FILE, *(shard_name(i, parts) for i in range(parts))] +
+                    ([REPORT_FILE] if report_in_out else []), old)
+    if taken:
+        hint = " (or pass --report=PATH)" if taken[0] == REPORT_FILE else ""
+        raise BuildError(f"--out={out} has {taken[0]}, which is not part of a data set of ours; move it away{hint} "
+                         "or choose another directory")
+    try:
+        aside = make_aside(out)
+    except OSError as e:
+        raise BuildError(f"--out={out}: cannot write there ({e.strerror or e})") from None
+    try:
+        return _build_into(aside, out, manifest, rows, bad, options, workers=workers,
+                           rows_per_part=rows_per_part, skip_bad=skip_bad, report=report, progress=progress,
+                           log=log)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)  # gone already after a successful move
+
+
+def _build_into(aside: str, out: str, manifest: Manifest, rows: list, bad: list, options: dict, *,
+                workers: int, rows_per_part: int, skip_bad: bool, report: str, progress: bool, log) -> dict:
+    """Decodes and writes the data set in the folder `aside`, then moves it into `out`."""
+    audio_samples, text_length = options["audio_samples"], options["text_length"]
+    shards = ShardWriter(aside)
+    facts = collections.Counter(max_samples=0, max_text_bytes=0, max_text_tokens=0)
     tasks = [([(r.line, r.fields) for r in rows[i:i + _CHUNK]], options)
              for i in range(0, len(rows), _CHUNK)]
     bar = _progress_bar(len(rows), progress)
@@ -211,6 +267,8 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
                     facts["cut"] += info.get("cut", False)
                     facts["max_samples"] = max(facts["max_samples"], info.get("samples", 0))
                     facts["max_text_bytes"] = max(facts["max_text_bytes"], info.get("text_bytes", 0))
+                    facts["max_text_tokens"] = max(facts["max_text_tokens"], info.get("text_tokens", 0))
+                    facts["texts_cut"] += info.get("text_tokens", 0) > text_length
                     for m in info.get("absent", ()):
                         facts[f"absent_{m}"] += 1
                 position += 1
@@ -226,11 +284,20 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
         bar.close()
     bad.sort()
     facts["skipped"] = len(bad)
+    facts["shards"] = shards.names
+    facts["report"] = REPORT_FILE if bad and not report else ""
     report_path = report or os.path.join(out, REPORT_FILE)
     if bad:
-        write_json_atomically(report_path, [{"line": n, "problem": p} for n, p in bad], lines=True)
+        write_json_atomically(report or os.path.join(aside, REPORT_FILE),
+                              [{"line": n, "problem": p} for n, p in bad], lines=True)
     spec = _spec(manifest, written, options, facts)
-    write_spec(out, spec)  # last: now DIR is a data set
+    write_spec(aside, spec)  # last: now the folder is a data set
+    try:
+        replace_dataset(aside, out)  # the old data set's files go only now
+    except OSError as e:
+        raise BuildError(f"--out={out}: cannot move the built data set there ({e}); {out} is as it was") from None
+    except ValueError as e:
+        raise BuildError(str(e)) from None
 
     described = ", ".join(_describe(name, fields) for name, fields in spec["modalities"].items())
     labelled = [f"{spec['num_classes']} classes"] if spec["num_classes"] else []
@@ -248,6 +315,10 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
     if facts["cut"]:
         log(f"{facts['cut']} audio clips longer than --audio_samples={audio_samples} were cut "
             "to that length")
+    if facts["texts_cut"]:
+        log(f"{facts['texts_cut']} of {written} texts are longer than --text_length={text_length} "
+            f"{options['tokenizer']} tokens (the longest: {facts['max_text_tokens']}) and will be cut to that in "
+            f"training; rebuild with --text_length={facts['max_text_tokens']} to keep them whole")
     return spec
 
 
@@ -314,6 +385,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="hf:DIR: resample audio to this checkpoint's feature-extractor rate (Whisper: 16000)")
     p.add_argument("--audio_samples", type=int, default=0,
                    help="cut longer clips to this many samples (0: keep whole clips)")
+    p.add_argument("--text_length", type=int, default=TEXT_LENGTH,
+                   help="the text length in tokens training uses by default; longer texts are counted "
+                        "(they are stored whole and cut in training)")
+    p.add_argument("--tokenizer", default="bytes",
+                   help="the tokenizer --text_length counts in, as config.data.tokenizer: 'bytes', a "
+                        "SentencePiece .model file or hf:DIR")
     p.add_argument("--classes", default="",
                    help="class names: 'a,b,c', a file with one per line, or a built data set "
                         "directory (build eval with --classes=TRAIN_DIR); default: from the labels")
@@ -334,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         build(args.manifest, args.out, image_size=args.image_size, audio_rate=args.audio_rate,
-              audio_samples=args.audio_samples, image_from=args.image_from, audio_from=args.audio_from,
+              audio_samples=args.audio_samples, text_length=args.text_length, tokenizer=args.tokenizer,
+              image_from=args.image_from, audio_from=args.audio_from,
               classes=args.classes, modalities=args.modalities,
               optional_modalities=args.optional_modalities,
               skip_bad=args.skip_bad, report=args.report, workers=args.workers,

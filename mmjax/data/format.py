@@ -13,6 +13,12 @@ example per record, see codec.py; read in sorted order) and `spec.json`:
     optional_modalities  optional: the modalities some examples lack
     tasks, target_size   optional: what the examples are labelled for (targets.py);
                          absent tasks mean ['classification']
+    shards               optional: the shard file names, which readers open and a rebuild
+                         replaces (absent in older data sets: every complete data-i-of-N set)
+    build.report         optional: the name of the skipped-rows report the build wrote here
+
+text may add length and tokenizer (the build's --text_length and --tokenizer, which
+training follows by default) and max_tokens (the longest text in those tokens).
 
 This module imports only the standard library and the contract, so every other part of
 the data package (writer, reader, build, TFDS) can depend on it.
@@ -20,8 +26,10 @@ the data package (writer, reader, build, TFDS) can depend on it.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 from typing import Any
 
 from mmjax.contract import LABELLED_TASKS
@@ -29,6 +37,7 @@ from mmjax.contract import LABELLED_TASKS
 FORMAT = "mmjax-v1"
 SPEC_FILE = "spec.json"
 SHARD_PATTERN = "data-*-of-*.array_record"  # glob of shard_name's results
+_SHARD_NAME = re.compile(r"data-(\d{5})-of-(\d{5})\.array_record")  # shard_name's results exactly
 MODALITY_FIELDS = {
     "image": ("height", "width", "channels"),
     "audio": ("sample_rate", "max_samples"),
@@ -72,8 +81,44 @@ def validate_spec(spec: Any, where: str = "spec") -> dict:
     if not isinstance(optional, list) or any(m not in modalities for m in optional):
         raise ValueError(f"{where}: 'optional_modalities' must list some of the data set's "
                          f"modalities ({', '.join(modalities)}), got {optional!r}")
+    shards = spec.get("shards", [])
+    if not isinstance(shards, list) or any(not isinstance(n, str) or not _SHARD_NAME.fullmatch(n) for n in shards):
+        raise ValueError(f"{where}: 'shards' must list file names like {shard_name(0, 1)}, got {shards!r}")
+    text = modalities.get("text", {})
+    if any(not isinstance(text.get(k, 0), int) for k in ("length", "max_tokens")) or \
+            not isinstance(text.get("tokenizer", ""), str):
+        raise ValueError(f"{where}: modalities.text.length and .max_tokens must be ints and .tokenizer a string")
     _validate_targets(spec, where)
     return spec
+
+
+def shard_files(directory: str, spec: dict) -> list[str]:
+    """The shard names of a data set: its spec's list, or (older data sets) every complete
+    data-i-of-N set the folder holds."""
+    if "shards" in spec:
+        return list(spec["shards"])
+    by_count: dict[int, dict[int, str]] = {}
+    for path in glob.glob(os.path.join(directory, SHARD_PATTERN)):
+        match = _SHARD_NAME.fullmatch(os.path.basename(path))
+        if match:
+            by_count.setdefault(int(match.group(2)), {})[int(match.group(1))] = match.group(0)
+    return [group[i] for count, group in sorted(by_count.items()) if sorted(group) == list(range(count))
+            for i in range(count)]
+
+
+def dataset_files(directory: str) -> list[str]:
+    """The names of the files that make up the data set in `directory` (its spec.json, shards
+    and the report its build wrote there); [] if it holds none. A spec.json that is not ours
+    raises ValueError: its folder is not to be touched."""
+    if not os.path.isfile(os.path.join(directory, SPEC_FILE)):
+        return []
+    spec = load_spec(directory)
+    build = spec.get("build") if isinstance(spec.get("build"), dict) else {}
+    report = build.get("report")
+    if "shards" not in spec and build.get("skipped_rows"):  # older builds wrote it there, unrecorded
+        report = "skipped.jsonl"
+    reports = [report] if isinstance(report, str) and os.path.basename(report) == report and report else []
+    return [SPEC_FILE, *shard_files(directory, spec), *reports]
 
 
 def _validate_targets(spec: dict, where: str) -> None:

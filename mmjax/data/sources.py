@@ -5,13 +5,15 @@ random-access source of encoded records (see `codec.py`), the parsed spec and th
 count. `name` is 'synthetic' (the embedded task, generated into the cache on first use), a
 directory in the format of format.py (written by writer.py or `python -m mmjax.data.build`),
 or 'tfds:NAME' (see tfds_source.py). `choose_modalities` decides which of the data's
-modalities a run uses, and `check_spec` checks a spec against the config.
+modalities a run uses, `follow_data` the image size, audio and text length the config
+leaves at their defaults, and `check_spec` checks a spec against the config. A damaged
+shard is a ShardError (a UserError: one line) when opened or read.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import glob
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,9 +21,10 @@ from typing import Any
 import grain
 
 from mmjax import media
+from mmjax.config.schema import SCHEMA, UserError
 from mmjax.contract import MODALITIES
 from mmjax.data import synthetic, tfds_source
-from mmjax.data.format import SHARD_PATTERN, SPEC_FILE, load_spec
+from mmjax.data.format import SPEC_FILE, load_spec, shard_files
 
 
 @dataclasses.dataclass
@@ -41,13 +44,62 @@ class Source:
         return int(self.spec["num_classes"])
 
 
+class ShardError(UserError, ValueError):
+    """A shard that cannot be read (cut short or damaged): one line naming it, at open or mid-run."""
+
+
+# What array_record raises for a damaged file (Riegeli's messages come as RuntimeError).
+_READ_ERRORS = (RuntimeError, OSError, ValueError)
+
+
+def _damaged(path: str, error: BaseException) -> ShardError:
+    reason = str(error).split(";")[0].strip() or type(error).__name__
+    return ShardError(f"data shard {path} is damaged or cut short ({reason}); rebuild the data set "
+                      "(python -m mmjax.data.build --overwrite) or copy the file again")
+
+
+class ShardRecords:
+    """The records of a data set's shards, in order, as a grain random-access source. One
+    ArrayRecordDataSource per shard (not one over all), so a read error names its shard."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self._shards = []
+        for path in self.paths:
+            try:
+                self._shards.append(grain.sources.ArrayRecordDataSource([path]))
+            except _READ_ERRORS as e:
+                raise _damaged(path, e) from None
+        self._starts = [0]
+        for shard in self._shards:
+            self._starts.append(self._starts[-1] + len(shard))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: int) -> bytes:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        shard = bisect.bisect_right(self._starts, index) - 1
+        try:
+            return self._shards[shard][index - self._starts[shard]]
+        except _READ_ERRORS as e:
+            raise _damaged(self.paths[shard], e) from None
+
+    def __repr__(self) -> str:
+        return f"ShardRecords({len(self.paths)} shards)"
+
+
 def load_directory(directory: str) -> Source:
     """Opens a data set directory written by writer.py (or `mmjax.data.build`)."""
     spec = load_spec(directory)
-    shards = sorted(glob.glob(os.path.join(directory, SHARD_PATTERN)))
-    if not shards:
+    names = shard_files(directory, spec)
+    if not names:
         raise ValueError(f"{directory} has a spec.json but no data-*-of-*.array_record shards")
-    records = grain.sources.ArrayRecordDataSource(shards)
+    missing = [n for n in names if not os.path.isfile(os.path.join(directory, n))]
+    if missing:
+        raise ValueError(f"{directory}: shard {missing[0]} listed in spec.json is missing; rebuild the data set")
+    records = ShardRecords([os.path.join(directory, n) for n in names])
     if len(records) != spec["num_examples"]:
         raise ValueError(
             f"{directory}: shards hold {len(records)} records but spec.json says "
@@ -134,6 +186,55 @@ def check_image_resize(image_spec: dict, processor: str) -> None:
         raise ValueError(f"the data set's images were resized with {built} {have.to_json()} but "
                          f"config.data.image_processor={processor!r} resizes {want.to_json()}; rebuild the "
                          f"data with python -m mmjax.data.build {flag}")
+
+
+def _default(key: str):
+    return SCHEMA.keys["data"].keys[key].default
+
+
+def follow_data(config_data, specs: Sequence[dict], modalities: Sequence[str]) -> list[str]:
+    """Sets data.image_size, data.audio_samples and data.text_length from the data sets where
+    the config leaves them at their defaults and those do not fit (as the default
+    config.modalities follows the data); returns one line for each value taken and for texts
+    that training will cut. A value the user set is kept (check_spec then names the mismatch).
+    `specs`: the training data's first, then the evaluators'.
+    Synthetic data are generated at the config's sizes and always fit."""
+    lines = []
+    specs = [s for s in specs if not s["modalities"].get("image", {}).get("generated")]
+    if not specs:
+        return lines
+    if "image" in modalities and config_data.image_size == _default("image_size"):
+        sizes = {(s["modalities"]["image"]["height"], s["modalities"]["image"]["width"]) for s in specs}
+        (height, width), = sizes if len(sizes) == 1 else ((0, 0),)
+        if height == width and height and height != config_data.image_size:
+            config_data.image_size = height
+            lines.append(f"data.image_size={height} (the data set's images; set it to override)")
+    if "audio" in modalities and config_data.audio_samples == _default("audio_samples"):
+        longest = max(s["modalities"]["audio"]["max_samples"] for s in specs)
+        if longest > config_data.audio_samples:
+            config_data.audio_samples = longest
+            lines.append(f"data.audio_samples={longest} (the data set's longest clip; set it to override)")
+    if "text" in modalities:
+        # The build's counts are in its --tokenizer's tokens: used only where that is the config's.
+        # Older data sets record bytes only, which are the 'bytes' tokenizer's tokens.
+        tokenizer = config_data.tokenizer or "bytes"
+        texts = [(s["modalities"]["text"], s.get("build", {})) for s in specs]
+        same = [(t, b) for t, b in texts if t.get("tokenizer", "bytes") == tokenizer]
+        lengths = {t.get("length") for t, _ in same}
+        if config_data.text_length == _default("text_length") and len(same) == len(specs) and \
+                len(lengths) == 1 and None not in lengths and lengths != {config_data.text_length}:
+            config_data.text_length, = lengths
+            lines.append(f"data.text_length={config_data.text_length} (the data set's build --text_length; set it "
+                         "to override)")
+        longest = max((t.get("max_tokens", t["max_bytes"]) for t, _ in same), default=0)
+        if longest > config_data.text_length:
+            train_text, train_build = texts[0]  # the build counted at its --text_length: usable if that is ours
+            counted = (train_text.get("tokenizer") == tokenizer and train_text.get("length") == config_data.text_length
+                       and "texts_longer_than_length" in train_build)
+            count = f"{train_build['texts_longer_than_length']} training texts" if counted else "texts"
+            lines.append(f"{count} longer than data.text_length={config_data.text_length} tokens (up to {longest}) "
+                         f"are cut to that; set --config.data.text_length={longest} to keep them whole")
+    return lines
 
 
 def check_spec(spec: dict, config_data, modalities: Sequence[str]) -> None:

@@ -307,6 +307,9 @@ def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
     data set, and if another process finishes first its copy is kept.
     """
     params = _params(config_data)
+    for key in ("num_train", "num_eval"):  # config.validate checks these too; direct callers may not
+        if params[key] < 1:
+            raise ValueError(f"config.data.synthetic.{key}={params[key]} makes an empty data set; set it to >= 1")
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = default_cache_dir(cache_dir)
     target = os.path.join(root, f"synthetic-{digest}")
@@ -314,8 +317,13 @@ def ensure_synthetic(cache_dir: str, config_data) -> dict[str, str]:
     paths = {split: os.path.join(target, split) for split in splits}
     if _is_complete(target, splits):
         return paths
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".synthetic-{digest}-tmp-", dir=root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".synthetic-{digest}-tmp-", dir=root)
+    except OSError as e:
+        raise ValueError(f"config.data.cache_dir={root!r} (where the synthetic data are written): cannot write "
+                         f"there ({e.strerror or e}); set --config.data.cache_dir (or $MMJAX_CACHE) to a writable "
+                         "folder") from None
     try:
         for split, count in splits.items():
             examples, _ = generate(count, _split_seed(params["seed"], split),

@@ -250,7 +250,8 @@ def test_a_failed_build_leaves_no_data_set_and_refuses_to_mix(files, monkeypatch
     monkeypatch.setattr(media, "load_image", crash_late)
     with pytest.raises(KeyboardInterrupt):
         _build(manifest, files / "ds", num_shards=4)
-    assert os.listdir(files / "ds") == []  # finished parts were never renamed into shards
+    assert not (files / "ds").exists()  # built aside: nothing reached --out
+    assert not [n for n in os.listdir(files) if n.startswith(".ds")]  # and the aside folder is gone
     monkeypatch.undo()
     _build(manifest, files / "ds")
     with pytest.raises(build.BuildError, match="already holds a data set; pass --overwrite"):
@@ -272,3 +273,152 @@ def test_command_line(files):
     usage = subprocess.run([sys.executable, "-m", "mmjax.data.build", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: python -m mmjax.data.build")
+
+
+# ---------------------------------------------------------------- issue 15: damaged WAVs, build and predict agree
+def _damaged_wavs(folder):
+    """A handful of damaged variants of one 1000-sample int16 WAV (44-byte header)."""
+    good = _wav(folder / "good.wav", (np.sin(np.arange(1000) / 5) * 8000).astype(np.int16)).read_bytes()
+    variants = {
+        "cut_header.wav": good[:20],  # was struct.error
+        "no_channels.wav": good[:22] + b"\0\0" + good[24:],  # was ZeroDivisionError
+        "cut_data.wav": good[:1000],  # was read half, silently
+        "bits12.wav": good[:34] + (12).to_bytes(2, "little") + good[36:],  # was read as 16-bit
+        "garbage.wav": b"RIFF" + bytes(range(256)) * 2,
+    }
+    for name, data in variants.items():
+        (folder / name).write_bytes(data)
+    return sorted(variants)
+
+
+def test_damaged_wavs_are_skipped_by_the_build_and_refused_alike_by_predict(files):
+    from mmjax.predict import Preprocessor
+
+    names = _damaged_wavs(files)
+    manifest = _jsonl(files / "m.jsonl", [{"audio": "good.wav", "label": 0}] +
+                      [{"audio": n, "label": 1} for n in names])
+    with pytest.raises(build.BuildError) as info:  # without --skip_bad: the first one, one line
+        _build(manifest, files / "ds")
+    assert f"{manifest} line 2: cannot decode WAV" in str(info.value) and "\n" not in str(info.value)
+    spec = _build(manifest, files / "ds", skip_bad=True)
+    assert spec["num_examples"] == 1 and spec["build"]["skipped_rows"] == len(names)
+    report = [json.loads(line) for line in open(files / "ds" / "skipped.jsonl")]
+    assert [r["line"] for r in report] == list(range(2, 2 + len(names)))
+    predictor = Preprocessor(audio_rate=8000, audio_samples=2048)
+    for name, row in zip(names, report):
+        with pytest.raises(ValueError) as refused:
+            predictor.row(audio=str(files / name))
+        # the same reason in both (the build names the path as the manifest gives it)
+        assert str(refused.value).split(": ", 1)[1] == row["problem"].split(": ", 1)[1], name
+        assert "\n" not in row["problem"]
+
+
+# ---------------------------------------------------------------- issue 15: 16-bit, float and rotated images
+def test_wide_and_rotated_images_are_stored_as_predict_reads_them(files):
+    from mmjax.predict import Preprocessor
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(ramp).save(files / "g16.png")
+    Image.fromarray((ramp / 65535.0).astype(np.float32)).save(files / "f.tiff")
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(pixels).save(files / "r.jpg", exif=exif, quality=100)
+    names = ["g16.png", "f.tiff", "r.jpg"]
+    _build(_jsonl(files / "m.jsonl", [{"image": n, "label": 0} for n in names]), files / "ds")
+    _, recs = _records(files / "ds")
+    predictor = Preprocessor(image_size=16)
+    for name, rec in zip(names, recs):
+        np.testing.assert_array_equal(rec["image"], predictor.row(image=str(files / name))["image"])
+    for rec in recs[:2]:  # a smooth ramp, not clipped to a few values
+        assert len(np.unique(rec["image"])) > 100 and rec["image"].max() > 240
+    upright = recs[2]["image"][..., 0].astype(float)
+    assert upright[:6].mean() > 200 and upright[-6:].mean() < 50  # the white half is on top
+
+
+# ---------------------------------------------------------------- issue 15: texts longer than --text_length
+def test_texts_longer_than_text_length_are_counted_and_recorded(files):
+    texts = ["short", "x" * 40, "é" * 30]  # 5, 40 and 60 bytes (bytes tokenizer)
+    lines = []
+    spec = build.build(str(_jsonl(files / "m.jsonl", [{"text": t, "label": 0} for t in texts])), str(files / "ds"),
+                       workers=1, progress=False, log=lines.append)
+    assert spec["modalities"]["text"] == {"max_bytes": 60, "length": 32, "tokenizer": "bytes", "max_tokens": 60}
+    assert spec["build"]["texts_longer_than_length"] == 2
+    assert "2 of 3 texts are longer than --text_length=32 bytes tokens (the longest: 60)" in lines[-1]
+    spec = _build(_jsonl(files / "m.jsonl", [{"text": t, "label": 0} for t in texts]), files / "ds2", text_length=64)
+    assert spec["build"]["texts_longer_than_length"] == 0 and spec["modalities"]["text"]["length"] == 64
+    _, recs = _records(files / "ds")
+    assert [r["text"] for r in recs] == texts  # stored whole: training decides the cut
+
+
+# ---------------------------------------------------------------- issue 15: --overwrite and other people's files
+def _snapshot(folder):
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder)) if (folder / n).is_file()}
+
+
+def test_overwrite_keeps_the_old_data_set_when_a_row_fails(files, monkeypatch):
+    rows = [{"image": "a.png", "label": i % 2} for i in range(6)]
+    _build(_jsonl(files / "m.jsonl", rows), files / "ds", num_shards=2)
+    before = _snapshot(files / "ds")
+    bad = _jsonl(files / "bad.jsonl", rows + [{"image": _garbage(files / "bad.png"), "label": 0}])
+    with pytest.raises(build.BuildError, match="line 7: cannot decode image"):  # found while decoding
+        _build(bad, files / "ds", overwrite=True)
+    assert _snapshot(files / "ds") == before  # was: the old shards and spec deleted before decoding
+    calls = []
+
+    def interrupted(path, size, resize=None):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(media, "load_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(_jsonl(files / "m.jsonl", rows), files / "ds", overwrite=True)
+    monkeypatch.undo()
+    assert _snapshot(files / "ds") == before and sorted(os.listdir(files / "ds")) == list(before)  # no aside left
+    assert len(_records(files / "ds")[1]) == 6
+
+
+def test_building_into_a_folder_never_touches_files_that_only_look_like_ours(files):
+    out = files / "ds"
+    out.mkdir()
+    user = {"skipped.jsonl": b"my own notes\n", "data-00003-of-00009.array_record": b"not a shard",
+            "notes.txt": b"keep me"}
+    for name, data in user.items():
+        (out / name).write_bytes(data)
+    rows = [{"image": "a.png", "label": 0}, {"image": "b.jpg", "label": 1}]
+    spec = _build(_jsonl(files / "m.jsonl", rows), out)
+    assert spec["shards"] == ["data-00000-of-00001.array_record"]
+    assert len(_records(out)[1]) == 2  # the stray shard-named file is not read
+    for name, data in user.items():
+        assert (out / name).read_bytes() == data
+    bad = _jsonl(files / "bad.jsonl", rows + [{"image": "nope.png", "label": 0}])
+    with pytest.raises(build.BuildError, match="has skipped.jsonl, which is not part of a data set of ours; move "
+                                               r"it away \(or pass --report=PATH\)"):
+        _build(bad, out, overwrite=True, skip_bad=True)
+    _build(bad, out, overwrite=True, skip_bad=True, report=str(files / "report.jsonl"))
+    assert (files / "report.jsonl").exists()
+    for name, data in user.items():  # --overwrite replaced only our spec and shard
+        assert (out / name).read_bytes() == data
+    assert sorted(os.listdir(out)) == sorted([*user, "spec.json", "data-00000-of-00001.array_record"])
+    (files / "other").mkdir()
+    (files / "other" / "data-00000-of-00001.array_record").write_bytes(b"mine")
+    with pytest.raises(build.BuildError, match="has data-00000-of-00001.array_record, which is not part of"):
+        _build(_jsonl(files / "m.jsonl", rows), files / "other")
+    assert (files / "other" / "data-00000-of-00001.array_record").read_bytes() == b"mine"
+
+
+def test_overwrite_replaces_an_older_data_set_without_a_shard_list(files):
+    """Data sets built before spec 'shards' existed: their complete data-i-of-N set and report are ours."""
+    rows = [{"image": "a.png", "label": 0}, {"image": "nope.png", "label": 1}, {"image": "b.jpg", "label": 1}]
+    _build(_jsonl(files / "m.jsonl", rows), files / "ds", num_shards=2, skip_bad=True)
+    spec = json.loads((files / "ds" / "spec.json").read_text())
+    del spec["shards"], spec["build"]["report"]
+    (files / "ds" / "spec.json").write_text(json.dumps(spec))
+    (files / "ds" / "data-00005-of-00009.array_record").write_bytes(b"a user's file")
+    assert len(_records(files / "ds")[1]) == 2  # still readable: the complete set only
+    _build(_jsonl(files / "m.jsonl", rows[:1]), files / "ds", overwrite=True)
+    assert sorted(os.listdir(files / "ds")) == ["data-00000-of-00001.array_record",
+                                                "data-00005-of-00009.array_record", "spec.json"]

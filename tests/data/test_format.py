@@ -24,6 +24,7 @@ def test_shard_names_sort_in_shard_order():
     ({"optional_modalities": ["image"]}, "'optional_modalities' must list some of"),
     ({"tasks": ["ranking"]}, "'tasks' must be a non-empty list of"),
     ({"tasks": ["regression"]}, "'target_size' must be a positive int"),
+    ({"shards": ["../../etc/passwd"]}, "'shards' must list file names like data-00000-of-00001"),
 ])
 def test_a_bad_spec_names_its_field(change, message):
     assert format.validate_spec(dict(SPEC)) == SPEC
@@ -37,7 +38,8 @@ def test_written_records_read_back_in_order_from_contiguous_shards(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [format.shard_name(i, 3) for i in range(3)] + ["spec.json"]
     source = sources.load_directory(str(tmp_path))
     assert [codec.decode(source.records[i])["text"] for i in range(10)] == [f"row {i}" for i in range(10)]
-    assert format.load_spec(str(tmp_path)) == {**SPEC, "num_examples": 10}
+    assert format.load_spec(str(tmp_path)) == {**SPEC, "num_examples": 10,
+                                               "shards": [format.shard_name(i, 3) for i in range(3)]}
 
 
 def test_an_empty_data_set_is_one_empty_shard(tmp_path):

@@ -198,3 +198,65 @@ def test_eval_covers_each_example_once_with_weighted_padding(tmp_path, count):
     every = {codec.decode(src.records[k])["image"].tobytes() for k in range(n)}
     assert len(seen) == n and set(seen.values()) == {1}
     assert {k[:8 * 8 * 3] for k in seen} == every
+
+
+# ---------------------------------------------------------------- issue 15: damaged shards, sizes that follow the data
+def _cut(path, keep):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:keep])
+
+
+def test_a_cut_shard_is_one_line_naming_it_at_open_and_mid_read(tmp_path):
+    src = _make_dir(tmp_path / "ds", 40)
+    shard = os.path.join(src.directory, "data-00001-of-00002.array_record")
+    _cut(shard, 70_000)  # cut while open: the reader finds it mid-run
+    it = pipeline.train_batches(src, _config(), global_batch=8)
+    with pytest.raises(sources.ShardError) as info:
+        for _ in range(10):
+            next(it)
+    it.close()
+    for error in (info.value, pytest.raises(sources.ShardError, sources.load_directory, src.directory).value):
+        message = str(error)
+        assert message.startswith(f"data shard {shard} is damaged or cut short (") and "\n" not in message
+        assert message.endswith("rebuild the data set (python -m mmjax.data.build --overwrite) or copy the file "
+                                "again")
+        assert isinstance(error, config_lib.UserError)  # mmjax.train prints it as one line, no traceback
+    _cut(shard, 100)  # and a stub: at open
+    with pytest.raises(sources.ShardError, match="data-00001-of-00002.array_record is damaged or cut short"):
+        sources.load_directory(src.directory)
+
+
+def _spec(image=8, audio=128, text=None):
+    spec = synthetic.make_spec(image_size=image, audio_rate=8000, audio_samples=audio)
+    if text:
+        spec["modalities"]["text"] = text
+    return spec
+
+
+def test_image_size_audio_and_text_length_follow_the_data_unless_set():
+    data = config_lib.defaults().data  # 16 px, 2048 samples, 32 tokens
+    text = {"max_bytes": 80, "length": 64, "tokenizer": "bytes", "max_tokens": 80}
+    spec = _spec(28, 3000, text)
+    spec["build"] = {"texts_longer_than_length": 5}
+    lines = sources.follow_data(data, [spec, spec], ALL)
+    assert (data.image_size, data.audio_samples, data.text_length) == (28, 3000, 64)
+    assert lines == ["data.image_size=28 (the data set's images; set it to override)",
+                     "data.audio_samples=3000 (the data set's longest clip; set it to override)",
+                     "data.text_length=64 (the data set's build --text_length; set it to override)",
+                     "5 training texts longer than data.text_length=64 tokens (up to 80) are cut to that; "
+                     "set --config.data.text_length=80 to keep them whole"]
+    sources.check_spec(spec, data, ALL)  # was: an error asking for each override
+    shorter = config_lib.defaults().data
+    sources.follow_data(shorter, [_spec(16, 1000)], ALL)
+    assert shorter.audio_samples == 2048  # shorter clips fit the default (padded), as before
+    chosen = config_lib.defaults().data
+    chosen.image_size, chosen.text_length = 32, 48  # the user's values stay, and check_spec names the mismatch
+    assert sources.follow_data(chosen, [spec], ALL)[-1].startswith("texts longer than data.text_length=48")
+    with pytest.raises(ValueError, match="data.image_size=32 but the data set's images are 28x28"):
+        sources.check_spec(spec, chosen, ALL)
+    other = config_lib.defaults().data
+    assert sources.follow_data(other, [_spec(28), _spec(32)], ("image",)) == [] and other.image_size == 16
+    old = config_lib.defaults().data  # a data set built before the text fields: bytes are the byte tokens
+    assert sources.follow_data(old, [_spec(text={"max_bytes": 40})], ("text",)) == [
+        "texts longer than data.text_length=32 tokens (up to 40) are cut to that; "
+        "set --config.data.text_length=40 to keep them whole"]

@@ -180,3 +180,31 @@ def test_task_key_changes_the_cache_folder_only_when_not_default():
     assert synthetic._params(config_data) == default  # caches of the default task stay valid
     config_data.synthetic.task = "redundant"
     assert synthetic._params(config_data) == {**default, "task": "redundant"}
+
+
+# ---------------------------------------------------------------- issue 15: bad counts and cache folders
+def test_empty_counts_and_an_unwritable_cache_are_one_line(tmp_path):
+    from mmjax import config as config_lib
+
+    for key in ("num_train", "num_eval"):
+        with pytest.raises(ValueError, match=f"config.data.synthetic.{key}=0 makes an empty data set"):
+            synthetic.ensure_synthetic(str(tmp_path), _config_data(**{key: 0}))
+        config = config_lib.defaults()
+        config.data.synthetic[key] = 0
+        with pytest.raises(config_lib.UserError, match=f"config.data.synthetic.{key}: must be a positive integer"):
+            config_lib.validate(config)
+    config = config_lib.defaults()
+    config.data.prefetch = -1  # refused before anything is compiled
+    with pytest.raises(config_lib.UserError, match="config.data.prefetch: must be >= 0, got -1"):
+        config_lib.validate(config)
+    (tmp_path / "a_file").write_text("")
+    for cache in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        with pytest.raises(ValueError) as info:
+            synthetic.ensure_synthetic(str(cache), _config_data())
+        assert str(info.value).startswith(f"config.data.cache_dir={str(cache)!r} (where the synthetic data are "
+                                          "written): cannot write there (") and "\n" not in str(info.value)
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    if os.access(tmp_path / "read_only", os.W_OK):  # root writes anywhere: the cases above stand for it
+        return
+    with pytest.raises(ValueError, match="cannot write there"):
+        synthetic.ensure_synthetic(str(tmp_path / "read_only"), _config_data())

@@ -4,6 +4,8 @@ The data's spec decides the modalities unless config.modalities asks for fewer; 
 disagreement between config and data is one UserError naming the fix.
 """
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -83,3 +85,71 @@ def test_tokenizer_must_fit_the_text_encoder(tiny_config, tmp_path):
     config = tiny_config(model__text__vocab_size=200)
     with pytest.raises(UserError, match="vocab_size=200 is smaller than the tokenizer's 258 ids"):
         train.train(config, str(tmp_path / "run"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_sizes_follow_a_built_data_set_unless_set(tiny_config, tmp_path, monkeypatch):
+    """Issue 15: 8 px images, 3000-sample clips and --text_length=16 fit the default config (16,
+    2048, 32), which used to stop asking for --config.data.image_size and audio_samples. The run
+    stops where the model is built (after every data check): compiling adds nothing here."""
+    from PIL import Image
+    from scipy.io import wavfile
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        wavfile.write(tmp_path / f"{i}.wav", 8000, rng.integers(-9000, 9000, 3000, dtype=np.int16))
+        rows.append({"image": f"{i}.png", "audio": f"{i}.wav", "text": f"example number {i}" + "!!" * (i >= 6),
+                     "label": i % 2})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _build(tmp_path / "m.jsonl", tmp_path / "ds", image_size=8, text_length=16)
+    config = tiny_config(data__train=tmp_path / "ds", data__eval=tmp_path / "ds", batch_size=8)
+
+    def stop(config, num_classes):
+        raise _Stop
+
+    monkeypatch.setattr(train, "build_model", stop)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(_Stop):
+        train.train(config, str(tmp_path / "run"))
+    lines = out.getvalue().splitlines()
+    assert (config.data.image_size, config.data.audio_samples, config.data.text_length) == (8, 3000, 16)
+    assert lines[:4] == ["data.image_size=8 (the data set's images; set it to override)",
+                         "data.audio_samples=3000 (the data set's longest clip; set it to override)",
+                         "data.text_length=16 (the data set's build --text_length; set it to override)",
+                         "2 training texts longer than data.text_length=16 tokens (up to 18) are cut to that; "
+                         "set --config.data.text_length=18 to keep them whole"]
+
+
+@pytest.mark.parametrize("case", ["cut shard", "cache_dir a file"])
+def test_data_faults_are_one_line_from_the_train_command(tmp_path, capsys, monkeypatch, case):
+    """Issue 15: each was a traceback (Riegeli's RuntimeError, FileExistsError)."""
+    import os
+
+    from conftest import TINY_OVERRIDES
+    from PIL import Image
+
+    args = [f"--config.{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    if case == "cut shard":
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
+        (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "label": 0}) + "\n")
+        _build(tmp_path / "m.jsonl", tmp_path / "ds")
+        shard = tmp_path / "ds" / "data-00000-of-00001.array_record"
+        shard.write_bytes(shard.read_bytes()[:100])
+        args += [f"--config.data.train={tmp_path / 'ds'}", f"--config.data.eval={tmp_path / 'ds'}"]
+        expected = f"data shard {shard} is damaged or cut short ("
+    else:
+        (tmp_path / "cache").write_text("")
+        args.append(f"--config.data.cache_dir={tmp_path / 'cache'}")
+        expected = f"config.data.cache_dir='{tmp_path / 'cache'}' (where the synthetic data are written): cannot write"
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = os.path.join(root, "configs", "base.py")
+    status = train.main(["mmjax.train", f"--config={base}", *args, f"--workdir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("mmjax.train: error: ") and expected in err, err
