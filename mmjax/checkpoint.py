@@ -161,7 +161,8 @@ class Checkpointer:
         if expected is None:
             if predates_fingerprints(meta):  # nothing to check against
                 return state, data_state, meta
-            raise CheckpointDamaged("its metadata has lost the array checksums that the mmjax which wrote it records")
+            raise CheckpointDamaged("its metadata has lost the array checksums (it has the state shapes "
+                                   "recorded with them)")
         actual = fingerprints(state)
         changed = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         if changed:
@@ -278,37 +279,40 @@ class _DropClosedLoopErrors(logging.Filter):
         return "Task was destroyed but it is pending" not in record.getMessage()
 
 
-_quiet = False
+def _short(e: Exception) -> str:
+    """One short line from a library exception (tensorstore messages run for pages)."""
+    text = str(e).split("\n")[0].split(". See full TensorStore")[0].strip()
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _closed_loop_error(exc: BaseException | None) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    """The errors of reads left in flight by a failed restore: the closed loop, or the
+    same damage met by another array (never retrieved, so reported as unraisable)."""
+    text = str(exc)
+    return (isinstance(exc, RuntimeError) and text == "Event loop is closed") or (
+        text.startswith("Encountered error while reading array") and "TensorStore" in text)
 
 
 def quiet_closed_loop_errors() -> None:
     """After a failed restore, the other arrays' reads finish on Orbax's closed event loop:
     tensorstore reports each through sys.unraisablehook ("RuntimeError: Event loop is
-    closed", hundreds for a real model) and asyncio logs their tasks as destroyed. Both
-    are noise once the damage is reported in one line; other errors still show."""
-    global _quiet
-    if _quiet:
+    closed", or the read's own error, hundreds for a real model) and asyncio logs their
+    tasks as destroyed. All are noise once the damage is reported in one line; other
+    errors still show."""
+    if getattr(sys.unraisablehook, "_mmjax_quiet", False):
         return
-    _quiet = True
     previous = sys.unraisablehook
 
     def hook(args):
         if not _closed_loop_error(args.exc_value):
             previous(args)
 
+    hook._mmjax_quiet = True
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_DropClosedLoopErrors())
-
-
-def _short(e: Exception) -> str:
-    """One short line from a library exception (tensorstore messages run for pages)."""
-    text = str(e).split("\n")[0].split(". See full TensorStore")[0].strip()
-    text = text if len(text) <= 160 else text[:157] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropClosedLoopErrors) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropClosedLoopErrors())
 
 
 # --------------------------------------------------------------------------- fingerprints
