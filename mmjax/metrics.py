@@ -211,7 +211,8 @@ def create_writers(workdir: str, total_steps: int, *, is_primary: bool, resume_s
 
 
 class Profiler:
-    """config.profile_steps=(start, stop): a jax.profiler trace of steps start..stop-1 in
+    """config.profile_steps=(start, stop): a jax.profiler trace of the steps after step
+    `start` up to step `stop` (1-based, as logged; 0-based indices start..stop-1) in
     `logdir` (TensorBoard's profile plugin reads it: `tensorboard --logdir WORKDIR/profile`).
     A context manager: a run that ends inside the window still writes its trace."""
 

@@ -434,9 +434,10 @@ SCHEMA = Group("the run", dict(
     allow_resume_change=Key(False, "resume even if batch_size, seed or the training data differ from the "
                                    "checkpoint's (the data order then does not continue where it stopped)"),
     compile_cache=Key("auto", "persistent XLA compilation cache: 'auto' ($MMJAX_CACHE/compile, else "
-                              "WORKDIR/compile_cache), 'off', or a directory"),
-    profile_steps=Key((), "(start, stop): a jax.profiler trace of steps start..stop-1 in WORKDIR/profile "
-                          "(TensorBoard's profile plugin reads it); (): off", check=profile_window),
+                              "WORKDIR/compile_cache), 'off' (or ''), or a directory"),
+    profile_steps=Key((), "(start, stop): a jax.profiler trace of the steps after step start up to step "
+                          "stop in WORKDIR/profile (TensorBoard's profile plugin reads it); (): off",
+                      check=profile_window),
     wandb=Group("Weights & Biases writer (pip install 'mmjax[wandb]'); off unless project is set", dict(
         project=Key("", "W&B project ('': no W&B writer)"),
         entity=Key("", "W&B entity (team or user; '': your default)"),
