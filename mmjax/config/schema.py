@@ -55,7 +55,7 @@ def positive_int(value) -> str | None:
 
 
 def finite_positive(value) -> str | None:
-    return None if math.isfinite(value) and value > 0 else f"must be a finite number > 0, got {value!r}"
+    return positive(value) if math.isfinite(value) else f"must be a finite number > 0, got {value!r}"
 
 
 def strings(value) -> str | None:
