@@ -11,7 +11,11 @@ checks the shapes against the current model first (a different model is refused,
 the config keys that differ), then restores and recomputes the fingerprints. A step that
 fails to restore (missing or truncated files) or whose arrays changed (overwritten bytes)
 is reported in one line, moved to WORKDIR/damaged_checkpoints/, and the next older step
-is tried; if none is intact the run stops with a UserError.
+is tried; if none is intact the run stops with a UserError. The data position is checked
+the same way (a sha256 of its JSON in the metadata). Metadata without fingerprints is
+accepted, unverified, only from an mmjax that predates them (`predates_fingerprints`);
+otherwise its checksums were lost and the step is damaged. A failed restore leaves reads
+in flight on a closed event loop; their errors are silenced (`quiet_closed_loop_errors`).
 
 The best step (config.select_best, mmjax/best.py). A checkpointer made with
 keep_best='max' or 'min' keeps, beside the latest max_to_keep steps, the step saved with
@@ -24,7 +28,11 @@ folder as the others, with the same checksums, and can be resumed from like them
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +47,10 @@ from jax.experimental import multihost_utils
 from mmjax.config import UserError
 
 STATE, DATA, META = "state", "data", "meta"
+# The metadata's format: 2 adds 'format' and 'data_checksum'. Format 1 (no 'format' key)
+# already had 'state_shapes' and 'fingerprints' (they came in one change): metadata
+# without fingerprints is from before both only if it has no 'state_shapes' either.
+META_FORMAT = 2
 BEST_VALUE = "best_value"  # the metric Orbax ranks saved steps by (its per-step 'metrics' item)
 
 
@@ -88,7 +100,8 @@ class Checkpointer:
         restores check. best_value (keep_best only): the step's value of the selected
         metric, given when it is the best so far.
         """
-        meta = {**meta, "state_shapes": state_shapes(state), "fingerprints": fingerprints(state)}
+        meta = {**meta, "format": META_FORMAT, "state_shapes": state_shapes(state),
+                "fingerprints": fingerprints(state), "data_checksum": data_checksum(data_state)}
         metrics = None
         if self._keep_best:  # {} ranks last (and keeps Orbax from warning that metrics are missing)
             metrics = {} if best_value is None else {BEST_VALUE: float(best_value)}
@@ -141,10 +154,15 @@ class Checkpointer:
         try:
             state, data_state, meta = self.restore(step, abstract_state)
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+            quiet_closed_loop_errors()  # the reads still in flight fail later, one traceback each
             raise CheckpointDamaged(f"cannot read it: {_short(e)}") from e
+        check_data_state(data_state, meta)
         expected = meta.get("fingerprints")
-        if expected is None:  # saved before fingerprints existed: nothing to check against
-            return state, data_state, meta
+        if expected is None:
+            if predates_fingerprints(meta):  # nothing to check against
+                return state, data_state, meta
+            raise CheckpointDamaged("its metadata has lost the array checksums (it has the state shapes "
+                                   "recorded with them)")
         actual = fingerprints(state)
         changed = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
         if changed:
@@ -152,13 +170,15 @@ class Checkpointer:
             raise CheckpointDamaged(f"array '{changed[0]}'{more} does not match its checksum")
         return state, data_state, meta
 
-    def restore_latest_intact(self, abstract_state: Any, config: dict,
-                              log: Callable[[str], None] = print) -> tuple[int, Any, dict, dict] | None:
+    def restore_latest_intact(self, abstract_state: Any, config: dict, log: Callable[[str], None] = print,
+                              before_restore: Callable[[int], None] = lambda step: None,
+                              ) -> tuple[int, Any, dict, dict] | None:
         """(step, state, data_state, meta) of the newest intact checkpoint, or None if there is none.
 
         Damaged steps are reported through `log`, one line each, and moved aside once an
         intact one is found. A checkpoint of a different model raises UserError naming the
-        config keys that differ; no checkpoint is intact -> UserError.
+        config keys that differ; no checkpoint is intact -> UserError. before_restore(step)
+        runs just before a step's arrays are read (the fault-injection hook of mmjax/faults.py).
         """
         steps = sorted(self.all_steps(), reverse=True)
         damaged = []
@@ -171,6 +191,7 @@ class Checkpointer:
                 except Exception as e:  # noqa: BLE001
                     raise CheckpointDamaged(f"cannot read its metadata: {_short(e)}") from e
                 check_compatible(meta, abstract_state, config, where)
+                before_restore(step)
                 result = self.restore_verified(step, abstract_state)
                 ok = True
             except CheckpointDamaged as e:
@@ -180,7 +201,7 @@ class Checkpointer:
             if ok:
                 for bad in damaged:
                     self._move_aside(bad)
-                if "fingerprints" not in result[2]:
+                if "fingerprints" not in result[2]:  # and it predates them (restore_verified)
                     log(f"checkpoint {where} has no checksums (saved by an older mmjax); restored unverified")
                 return (step, *result)
             damaged.append(step)
@@ -224,11 +245,74 @@ class CheckpointDamaged(Exception):
     """A checkpoint step that cannot be restored as saved; the message says why."""
 
 
+def predates_fingerprints(meta: dict) -> bool:
+    """Whether metadata without fingerprints was written before mmjax recorded them (then
+    it has neither a format nor the state shapes, which came in the same change)."""
+    return "format" not in meta and "state_shapes" not in meta
+
+
+def data_checksum(data_state: dict) -> str:
+    """sha256 of the data state (position, worker count, 'best' record) as canonical JSON."""
+    return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
+
+
+def check_data_state(data_state: Any, meta: dict) -> None:
+    """Raises CheckpointDamaged unless the data position is what was saved: its checksum
+    (format 2) or, for older checkpoints, at least a non-negative integer 'next_batch'."""
+    expected = meta.get("data_checksum")
+    if expected is not None:
+        try:
+            ok = data_checksum(data_state) == expected
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointDamaged("its data position (the 'data' item) does not match its checksum")
+    elif meta.get("format", 1) >= 2:
+        raise CheckpointDamaged("its metadata has lost the data position's checksum")
+    batch = data_state.get("next_batch") if isinstance(data_state, dict) else None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise CheckpointDamaged(f"its data position is not valid (next_batch={batch!r})")
+
+
+class _DropClosedLoopErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Task was destroyed but it is pending" not in record.getMessage()
+
+
 def _short(e: Exception) -> str:
     """One short line from a library exception (tensorstore messages run for pages)."""
     text = str(e).split("\n")[0].split(". See full TensorStore")[0].strip()
     text = text if len(text) <= 160 else text[:157] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _closed_loop_error(exc: BaseException | None) -> bool:
+    """The errors of reads left in flight by a failed restore: the closed loop, or the
+    same damage met by another array (never retrieved, so reported as unraisable)."""
+    text = str(exc)
+    return (isinstance(exc, RuntimeError) and text == "Event loop is closed") or (
+        text.startswith("Encountered error while reading array") and "TensorStore" in text)
+
+
+def quiet_closed_loop_errors() -> None:
+    """After a failed restore, the other arrays' reads finish on Orbax's closed event loop:
+    tensorstore reports each through sys.unraisablehook ("RuntimeError: Event loop is
+    closed", or the read's own error, hundreds for a real model) and asyncio logs their
+    tasks as destroyed. All are noise once the damage is reported in one line; other
+    errors still show."""
+    if getattr(sys.unraisablehook, "_mmjax_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(args):
+        if not _closed_loop_error(args.exc_value):
+            previous(args)
+
+    hook._mmjax_quiet = True
+    sys.unraisablehook = hook
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropClosedLoopErrors) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DropClosedLoopErrors())
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -350,3 +434,18 @@ class SaveTimer:
 
     def saved(self) -> None:
         self._last = self._clock()
+
+
+# --------------------------------------------------------------------------- resume changes
+def resume_changes(meta: dict, config: dict) -> list[str]:
+    """What differs from the checkpoint's config in the keys that fix the data order
+    (batch_size, seed, data.train, and the synthetic data set's keys), as
+    ['batch_size (16 -> 8)', ...]; [] when nothing does or the metadata has no config."""
+    if "config" not in meta:
+        return []
+    before, now = flatten_config(meta["config"]), flatten_config(config)
+    synthetic = now.get("data.train") == "synthetic"  # otherwise those keys do not make the data
+    keys = [k for k in sorted(set(before) | set(now))
+            if k in ("batch_size", "seed", "data.train") or (synthetic and k.startswith("data.synthetic."))]
+    return [f"{k} ({before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r})"
+            for k in keys if k in before and before.get(k) != now.get(k)]

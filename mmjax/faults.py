@@ -6,14 +6,22 @@ finite (it keeps the old parameters and optimizer state, and still advances the 
 WORKDIR/bad_steps.json (the steps, their global batch numbers, the example indices of
 those batches, and their loss and gradient norm) and the run stops with one line.
 
-Fault injection. MMJAX_FAULT_INJECT makes a run kill itself with SIGKILL at a chosen
-point, so tests can check that a crash loses nothing (tests/test_resume.py). It is read
+Fault injection. MMJAX_FAULT_INJECT makes a run kill itself with SIGKILL, or send itself
+SIGTERM/SIGINT, at a chosen point, so tests can check that a crash or a signal loses
+nothing (tests/test_resume.py, tests/test_preemption.py). It is read
 here only, once per run (`Injection.from_env()`), and does nothing when unset. Comma-separated entries:
 
     kill_after_step=N    after step N has run and its metrics are logged, before step N's
                          eval or checkpoint (earlier checkpoints are complete by then)
     kill_during_save=N   while step N's checkpoint is being saved: every file written,
                          the save not yet committed (the rename from the temporary folder)
+    sigterm_during_restore=N  SIGTERM while checkpoint N is restored (after its metadata
+                         was read and checked, before its arrays are read)
+    sigterm_during_compile=N  SIGTERM when the steps of a run starting at step N (0: a
+                         fresh run) begin to compile
+    sigint_after_step=N  SIGINT (Ctrl-C) at the point of kill_after_step=N
+A signal is delivered to the main thread when os.kill returns, so these are as
+deterministic as the kills.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from mmjax.config import UserError
 
 FAULT_ENV = "MMJAX_FAULT_INJECT"
 BAD_STEPS_FILE = "bad_steps.json"
-_POINTS = ("kill_after_step", "kill_during_save")
+_POINTS = ("kill_after_step", "kill_during_save", "sigterm_during_restore", "sigterm_during_compile",
+           "sigint_after_step")
 
 
 # --------------------------------------------------------------------------- injection
@@ -68,6 +77,11 @@ class Injection:
         if self.points.get("kill_after_step") == step:
             settle()
             _die()
+
+    def signal_at(self, point: str, step: int) -> None:
+        """Sends this process the point's signal (sigterm_* or sigint_*) at the injected step."""
+        if self.points.get(point) == step:
+            os.kill(os.getpid(), signal.SIGINT if point.startswith("sigint") else signal.SIGTERM)
 
     def checkpoint_temporary_path_class(self):
         """Orbax's temporary-path class for the checkpoint manager: None (Orbax's default)

@@ -1,10 +1,12 @@
-"""Metric writers: a progress line on stdout, WORKDIR/metrics.jsonl and TensorBoard events.
+"""Metric writers: a progress line on stdout, WORKDIR/metrics.jsonl, TensorBoard events and,
+when config.wandb.project is set, Weights & Biases; and the profiler window.
 
 Metric names are stable ('train/loss', 'train/accuracy', 'train/examples_per_sec',
 'train/gflops_per_sec', 'train/mfu', 'train/data_wait_fraction', 'eval/loss',
 'eval/accuracy', ...): users and other tools parse metrics.jsonl. A note (why a run
 stopped early) is a row {"step": N, "note": "..."} with no metrics. Only process 0
-writes; the other processes get a writer that does nothing.
+writes; the other processes get a writer that does nothing. On several hosts, lines
+printed by a host start with '[host i/n] ' (`host_prefix`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,21 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
+
+from mmjax.config import UserError
+
+
+def host_prefix() -> str:
+    """'[host 1/4] ' on a run of several processes, '' otherwise (also before jax.distributed
+    is initialised, so that asking never starts a backend too early)."""
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
+        return ""
+    return f"[host {jax.process_index()}/{jax.process_count()}] "
 
 
 class JsonlWriter:
@@ -96,9 +110,13 @@ def _duration(seconds: float) -> str:
 class ProgressWriter:
     """The human-readable line: step, loss, accuracy, examples/s and ETA; eval results."""
 
-    def __init__(self, total_steps: int, stream=sys.stdout):
+    def __init__(self, total_steps: int, stream=None, prefix: str = ""):
         self._total = total_steps
         self._stream = stream
+        self._prefix = prefix
+
+    def _print(self, line: str) -> None:
+        print(self._prefix + line, file=self._stream or sys.stdout, flush=True)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if "train/loss" in metrics:
@@ -109,14 +127,14 @@ class ProgressWriter:
                 f"step {step:>6}/{self._total} | loss {metrics['train/loss']:.4f} | {acc}"
                 f"{metrics.get('train/examples_per_sec', 0.0):,.0f} ex/s | ETA {eta}"
             )
-            print(line, file=self._stream, flush=True)
+            self._print(line)
         evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         if evals:
             parts = " | ".join(f"{k} {v:.4f}" for k, v in sorted(evals.items()))
-            print(f"eval @ step {step} | {parts}", file=self._stream, flush=True)
+            self._print(f"eval @ step {step} | {parts}")
 
     def note(self, step: int, text: str) -> None:
-        print(f"step {step}: {text}", file=self._stream, flush=True)
+        self._print(f"step {step}: {text}")
 
     def close(self) -> None:
         pass
@@ -142,18 +160,87 @@ class MetricWriters:
             w.close()
 
 
-def create_writers(workdir: str, total_steps: int, *, is_primary: bool,
-                   resume_step: int | None = None) -> MetricWriters:
+class WandbWriter:
+    """Scalars and notes to a Weights & Biases run (config.wandb). wandb is imported only
+    here, when a project is set. The run id is kept in WORKDIR/wandb_run_id, so a resumed
+    run goes on in the same W&B run (W&B ignores the steps logged again after a rewind)."""
+
+    ID_FILE = "wandb_run_id"
+
+    def __init__(self, workdir: str, settings: Mapping, config: Mapping | None = None):
+        try:
+            import wandb  # noqa: PLC0415 - optional: the 'wandb' extra
+        except ImportError:
+            raise UserError("config.wandb.project is set but wandb is not installed: pip install 'mmjax[wandb]'") from None
+        id_path = os.path.join(workdir, self.ID_FILE)
+        if os.path.exists(id_path):
+            run_id = open(id_path, encoding="utf-8").read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:16]
+            with open(id_path, "w", encoding="utf-8") as f:
+                f.write(run_id)
+        self._run = wandb.init(
+            project=settings["project"], entity=settings["entity"] or None,
+            name=settings["name"] or os.path.basename(os.path.abspath(workdir)), mode=settings["mode"],
+            dir=workdir, config=dict(config or {}), id=run_id, resume="allow")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._run.log({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+    def note(self, step: int, text: str) -> None:
+        self._run.summary["note"] = f"step {step}: {text}"
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def create_writers(workdir: str, total_steps: int, *, is_primary: bool, resume_step: int | None = None,
+                   wandb: Mapping | None = None, config: Mapping | None = None, prefix: str = "") -> MetricWriters:
+    """Process 0's writers (progress, metrics.jsonl, TensorBoard, W&B if wandb['project'])."""
     if not is_primary:
         return MetricWriters()
     os.makedirs(workdir, exist_ok=True)
-    return MetricWriters(
-        [
-            ProgressWriter(total_steps),
-            JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step),
-            TensorBoardWriter(os.path.join(workdir, "tensorboard")),
-        ]
-    )
+    writers = [
+        ProgressWriter(total_steps, prefix=prefix),
+        JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step),
+        TensorBoardWriter(os.path.join(workdir, "tensorboard")),
+    ]
+    if wandb and wandb["project"]:
+        writers.append(WandbWriter(workdir, wandb, config))
+    return MetricWriters(writers)
+
+
+class Profiler:
+    """config.profile_steps=(start, stop): a jax.profiler trace of the steps after step
+    `start` up to step `stop` (1-based, as logged; 0-based indices start..stop-1) in
+    `logdir` (TensorBoard's profile plugin reads it: `tensorboard --logdir WORKDIR/profile`).
+    A context manager: a run that ends inside the window still writes its trace."""
+
+    def __init__(self, window: Sequence[int], logdir: str):
+        self._start, self._stop = tuple(window) if window else (-1, -1)
+        self._logdir = logdir
+        self._tracing = False
+
+    def before_step(self, step: int, state) -> None:
+        """Called before step `step` (0-based) runs; starts or stops the trace at the window's ends."""
+        if step == self._start and not self._tracing:
+            jax.profiler.start_trace(self._logdir)
+            self._tracing = True
+        elif step == self._stop and self._tracing:
+            self._end(state)
+
+    def _end(self, state=None) -> None:
+        if state is not None:
+            jax.block_until_ready(state)  # the traced steps' device work, not just their dispatch
+        jax.profiler.stop_trace()
+        self._tracing = False
+
+    def __enter__(self) -> "Profiler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tracing:
+            self._end()
 
 
 class MeanAccumulator:

@@ -29,14 +29,16 @@ from absl import flags
 from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
-from mmjax import distributed, evaluators, faults, hardware, objectives, prefetch, pretrained, sharding, trainer
+from mmjax import compilation_cache, distributed, evaluators, faults, hardware, objectives, prefetch, pretrained
+from mmjax import preemption, sharding, trainer
+from mmjax import workdir as workdir_lib
 from mmjax import flops as flops_lib
 from mmjax import metrics as metrics_lib
 from mmjax.config import UserError
 from mmjax.config import cli as config_cli
 from mmjax.data import pipeline, sources, targets
 from mmjax.models.multimodal import build_model
-from mmjax.preemption import RESUME_EXIT_CODE, Preempted, PreemptionWatcher
+from mmjax.preemption import Preempted, PreemptionWatcher
 from mmjax.trainer import as_user_error
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard events.")
@@ -52,13 +54,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) a run in `workdir`; returns the latest metrics of every evaluator."""
     config_lib.validate(config)
     is_primary = jax.process_index() == 0
-    log = (lambda line: print(line, flush=True)) if is_primary else (lambda line: None)
+    prefix = metrics_lib.host_prefix()  # '[host 1/4] ' on several hosts
+    log = (lambda line: print(prefix + line, flush=True)) if is_primary else (lambda line: None)
     injection = faults.Injection.from_env()  # read once; does nothing unless a test asks
 
     # Teardown in one place: whatever ends the run (the last step, an exception in a step or
-    # an evaluator, too many bad steps, preemption) closes the prefetcher, the writers and
-    # the checkpointer (which waits for a save in flight), in that order.
+    # an evaluator, too many bad steps, preemption, Ctrl-C) closes the prefetcher, the writers
+    # and the checkpointer (which waits for a save in flight), then releases the workdir.
     with contextlib.ExitStack() as opened:
+        # ------------------------------------------------------------ workdir, signals, compilation cache
+        signals = opened.enter_context(preemption.handle_signals())  # main() installed them first thing
+        lock = workdir_lib.claim(workdir)  # a file, unwritable or in use by another run: one line, now
+        opened.callback(lock.release)
+        opened.enter_context(compilation_cache.persistent(config.compile_cache, workdir))
+
         # ------------------------------------------------------------ mesh
         mesh = sharding.make_mesh(config.mesh)
         sharding.check_batch_size(config.batch_size, mesh)
@@ -113,17 +122,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             temporary_path_class=injection.checkpoint_temporary_path_class(),
             keep_best=tracker.mode if tracker else "",
         )))
-        latest = checkpointer.latest_step() or 0
-        if latest >= config.total_steps:
-            log(f"training already finished: {workdir} has a checkpoint at step {latest} "
+        # The newest checkpoint whose arrays and data position match their checksums; damaged
+        # ones are reported and skipped, and a checkpoint of a different model is refused
+        # (mmjax/checkpoint.py). Verified before "finished": a damaged last step is trained again.
+        restored = checkpointer.restore_latest_intact(
+            abstract_state, config.to_dict(), log=log,
+            before_restore=lambda step: injection.signal_at("sigterm_during_restore", step))
+        start_step = restored[0] if restored else 0
+        if start_step >= config.total_steps:
+            log(f"training already finished: {workdir} has an intact checkpoint at step {start_step} "
                 f"(config.total_steps={config.total_steps}); nothing to do")
             return {}
-        # The newest checkpoint whose arrays match their checksums; damaged ones are reported
-        # and skipped, and a checkpoint of a different model is refused (mmjax/checkpoint.py).
-        restored = checkpointer.restore_latest_intact(abstract_state, config.to_dict(), log=log)
-        start_step = restored[0] if restored else 0
         if restored:
-            _, state, data_state, _ = restored
+            _, state, data_state, saved_meta = restored
+            # batch_size, seed or data changed: the data order would not continue (refused unless allowed)
+            if changed := ckpt_lib.resume_changes(saved_meta, config.to_dict()):
+                where = f"{workdir}/checkpoints/{start_step}"
+                if not config.allow_resume_change:
+                    raise UserError(f"resuming {where} with a different {', '.join(changed)}: the data order "
+                                    "would not continue where the run stopped; use the checkpoint's values, "
+                                    "or --config.allow_resume_change=True to go on anyway")
+                log(f"resuming with a different {', '.join(changed)} (config.allow_resume_change)")
             start_batch = int(data_state["next_batch"])
             if tracker:  # the same best and patience count as before the restart
                 tracker.resume(data_state, log)
@@ -142,6 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} processes")
 
         # ------------------------------------------------------------ compiled steps and evaluators
+        injection.signal_at("sigterm_during_compile", start_step)
         compile_start = time.perf_counter()
         train_step = trainer.compile_train_step(model, tx, schedule, dropout_rng, config, mesh, abstract_state,
                                                 state_shardings, spec=train_source.spec, objective=objective)
@@ -156,7 +176,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         # On resume, metrics.jsonl forgets rows past start_step: steps that ran after the last
         # checkpoint before a crash run again and are logged again.
         writers = metrics_lib.create_writers(workdir, config.total_steps, is_primary=is_primary,
-                                             resume_step=start_step)
+                                             resume_step=start_step, wandb=config.wandb, config=config.to_dict(),
+                                             prefix=prefix)
         opened.callback(writers.close)
         writers.write(start_step, {"train/compile_seconds": compile_seconds})
         # Model FLOPs utilisation: analytic FLOPs (mmjax/flops.py) against every device's peak.
@@ -179,7 +200,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             size=config.data.prefetch,
         ))
         window = metrics_lib.MeanAccumulator()
-        preemption = PreemptionWatcher()
+        watcher = PreemptionWatcher(signals)
+        profiler = opened.enter_context(metrics_lib.Profiler(config.profile_steps, f"{workdir}/profile"))
         save_timer = ckpt_lib.SaveTimer(config.checkpoint_every_seconds)
         bad_steps = faults.BadSteps(config.max_bad_steps, workdir, lambda b: pipeline.batch_example_indices(
             train_source, config, global_batch=config.batch_size, batch=b))
@@ -195,7 +217,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
         # ------------------------------------------------------------ the loop
         eval_metrics: dict[str, float] = {}  # the latest of every evaluator
+        signals.in_loop = True  # from here a signal stops at the next step boundary, with a checkpoint
         for step in range(start_step, config.total_steps):
+            profiler.before_step(step, state)
             wait_start = time.perf_counter()
             batch = next(train_iter)
             window.data_wait(time.perf_counter() - wait_start)
@@ -214,6 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 writers.write(done, summary)
                 window.reset()
             injection.kill_after_step(done, checkpointer.wait)
+            injection.signal_at("sigint_after_step", done)
             side_start = time.perf_counter()
             due = [e for e in evals if e.due(done)]
             improved = stop_early = False
@@ -226,7 +251,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     stop_early = tracker.exhausted
                 # fusion.balance='gradient_blending': new weights from the heads' eval losses
                 state = trainer.balance.reestimate_state(state, objective, results, state_shardings)
-            stop = preemption.should_stop(done)
+            stop = watcher.should_stop(done)
             if (done % config.checkpoint_every == 0 or is_last or stop or save_timer.due()
                     or improved or stop_early):
                 data_state = {"next_batch": start_batch + done - start_step, "workers": config.data.workers}
@@ -237,8 +262,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if stop_early:  # the checkpoint just saved is the final one
                 writers.note(done, tracker.stop_note())
                 break
-            if stop:
-                raise Preempted(done)  # after the teardown, whose checkpointer.close() waits for this save
+            if stop:  # after the teardown, whose checkpointer.close() waits for this save
+                raise Preempted(done, watcher.signum)
             window.exclude(time.perf_counter() - side_start)  # evals and saves are not training time
 
     if is_primary:
@@ -246,7 +271,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         best = ""
         if tracker and tracker.step is not None:
             best = f" | best {tracker.metric} {tracker.value:.4f} at step {tracker.step}"
-        print(f"done: {done} steps{' (stopped early)' if stop_early else ''} | {final}{best}", flush=True)
+        print(f"{prefix}done: {done} steps{' (stopped early)' if stop_early else ''} | {final}{best}", flush=True)
     return eval_metrics
 
 
@@ -270,22 +295,21 @@ def _parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, str
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    if help_kind := config_cli.help_requested(argv[1:]):
-        config_cli.show_help(help_kind, usage())
-        return 0
-    try:
-        config, workdir = _parse_command_line(argv)
-        distributed.initialize()  # before anything touches a device
-        train(config, workdir)
-    except UserError as e:
-        print(f"mmjax.train: error: {e}", file=sys.stderr)
-        return 2
-    except flags.Error as e:
-        print(f"mmjax.train: error: {e}", file=sys.stderr)
-        return 2
-    except Preempted as e:
-        print(f"mmjax.train: {e}", file=sys.stderr, flush=True)
-        return RESUME_EXIT_CODE
+    # First thing: SIGTERM or Ctrl-C while parsing, restoring or compiling exits 75 / 130 in one line.
+    with preemption.handle_signals():
+        try:
+            if help_kind := config_cli.help_requested(argv[1:]):
+                config_cli.show_help(help_kind, usage())
+                return 0
+            config, workdir = _parse_command_line(argv)
+            distributed.initialize()  # before anything touches a device
+            train(config, workdir)
+        except (UserError, flags.Error) as e:
+            print(f"{metrics_lib.host_prefix()}mmjax.train: error: {e}", file=sys.stderr, flush=True)
+            return 2
+        except (Preempted, preemption.Interrupted) as e:
+            print(f"{metrics_lib.host_prefix()}mmjax.train: {e}", file=sys.stderr, flush=True)
+            return preemption.exit_code(e.signum)
     return 0
 
 

@@ -60,12 +60,15 @@ def test_bad_batches_are_skipped_counted_and_training_goes_on(tiny_config, tmp_p
     assert not (tmp_path / "run" / faults.BAD_STEPS_FILE).exists()
 
 
-def test_max_bad_steps_in_a_row_stop_with_the_batches_in_a_diagnostic(tmp_path, tiny_args, monkeypatch, capsys):
-    """An infinite learning rate makes every update non-finite: the run stops at the third."""
+def test_max_bad_steps_in_a_row_stop_with_the_batches_in_a_diagnostic(tmp_path, tiny_args, tiny_config,
+                                                                      monkeypatch, capsys):
+    """NaN audio in each of the first batches makes every update non-finite: the run stops
+    at the third. (An infinite learning rate did the same; it is now a config error.)"""
     monkeypatch.setenv("MMJAX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
+    poisoned = poisoned_copy(tiny_config(), tmp_path / "poisoned", bad_batches=(0, 1, 2, 3))
     workdir = tmp_path / "run"
-    status = train.main(["mmjax.train", *tiny_args, "--config.optim.lr=inf", "--config.max_bad_steps=3",
+    status = train.main(["mmjax.train", *tiny_args, f"--config.data.train={poisoned}", "--config.max_bad_steps=3",
                          "--config.log_every=2", f"--workdir={workdir}"])
     err = capsys.readouterr().err
     assert status == 2

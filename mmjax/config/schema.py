@@ -13,6 +13,7 @@ evaluator whose keys depend on its `kind` (EVAL_KINDS).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +52,24 @@ def positive(value) -> str | None:
 
 def positive_int(value) -> str | None:
     return None if value > 0 else f"must be a positive integer, got {value!r}"
+
+
+def finite_positive(value) -> str | None:
+    return positive(value) if math.isfinite(value) else f"must be a finite number > 0, got {value!r}"
+
+
+def strings(value) -> str | None:
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    return f"entries must be non-empty strings, got {bad[0]!r} in {tuple(value)!r}" if bad else None
+
+
+def profile_window(value) -> str | None:
+    if not value:
+        return None
+    if (len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+            or not 0 <= value[0] < value[1]):
+        return f"must be () (off) or (start, stop) with 0 <= start < stop, got {tuple(value)!r}"
+    return None
 
 
 def at_least_zero(value) -> str | None:
@@ -243,7 +262,7 @@ SCHEMA = Group("the run", dict(
     optim=Group("optimizer", dict(
         kind=Key("adamw", "'adamw': warmup + cosine decay, weight decay, clipping; 'adam': plain Adam at "
                           "a constant lr (warmup_steps, weight_decay, grad_clip do not apply)", choices=OPTIMIZERS),
-        lr=Key(1e-3, "peak learning rate", check=positive),
+        lr=Key(1e-3, "peak learning rate", check=finite_positive),
         warmup_steps=Key(100, "adamw: linear warmup steps, in [0, total_steps)", check=at_least_zero),
         weight_decay=Key(1e-4, "adamw: decoupled weight decay on >= 2-D parameters", check=at_least_zero),
         grad_clip=Key(1.0, "adamw: global-norm clipping threshold", check=positive),
@@ -392,7 +411,8 @@ SCHEMA = Group("the run", dict(
                 {}),  # entries are the user's: see EVAL_KEYS, EVAL_KINDS and DEFAULT_EVALS
     init_from=Key("", "an export folder whose parameters replace the fresh ones at step 0 (never on resume)"),
     init_from_prefix=Key("", "load only this parameter sub-tree of init_from, e.g. 'image' ('': all)"),
-    frozen=Key((), "parameter-path prefixes, e.g. ('image',), that never change and get no optimizer state"),
+    frozen=Key((), "parameter-path prefixes, e.g. ('image',), that never change and get no optimizer state",
+               check=strings),
     loss=Group("objective", dict(
         task=Key("classification", "task loss; the data must be labelled for it ('none': contrastive only)",
                  choices=TASKS),
@@ -410,6 +430,21 @@ SCHEMA = Group("the run", dict(
     )),
     peak_tflops=Key(0.0, "per-device peak TFLOP/s for train/mfu (0: looked up in mmjax/hardware.py)",
                     check=at_least_zero),
+    # Operations of mmjax.train (resume checks, compilation cache, W&B, profiler): mmjax/train.py.
+    allow_resume_change=Key(False, "resume even if batch_size, seed or the training data differ from the "
+                                   "checkpoint's (the data order then does not continue where it stopped)"),
+    compile_cache=Key("auto", "persistent XLA compilation cache: 'auto' ($MMJAX_CACHE/compile, else "
+                              "WORKDIR/compile_cache), 'off' (or ''), or a directory"),
+    profile_steps=Key((), "(start, stop): a jax.profiler trace of the steps after step start up to step "
+                          "stop in WORKDIR/profile (TensorBoard's profile plugin reads it); (): off",
+                      check=profile_window),
+    wandb=Group("Weights & Biases writer (pip install 'mmjax[wandb]'); off unless project is set", dict(
+        project=Key("", "W&B project ('': no W&B writer)"),
+        entity=Key("", "W&B entity (team or user; '': your default)"),
+        name=Key("", "run name ('': the workdir's name)"),
+        mode=Key("online", "'online', 'offline' (sync later with `wandb sync`) or 'disabled'",
+                 choices=("online", "offline", "disabled")),
+    )),
 ))
 
 
