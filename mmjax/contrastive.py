@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from mmjax.contract import CHUNKED, CONTRASTIVE
 from mmjax.sharding import BATCH_AXES
 
-CHUNK = 256  # rows of `a` scored at once: bounds a device's logits at CHUNK x B/n
+CHUNK = 128  # rows of `a` scored at once (a device holds CHUNK x B/n logits); one MXU tile tall
 _MASKED = -1e9  # the logit of a non-candidate in the softmax (finite: no inf - inf in gradients)
 Sums = dict[str, jax.Array]
 
@@ -99,32 +99,34 @@ def _local_sums(a, b, weights, scale, bias, *, kind: str, axis, n: int) -> Sums:
     chunks = lambda x: x.reshape(m // c, c, *x.shape[1:])  # noqa: E731
     softmax = kind == "softmax"
 
-    def score_chunk(block, xs):
-        """Rows `xs` of a (one chunk) against the visiting block of b."""
-        b_blk, valid_b, ids_b, col = block
-        a_c, ids_c, valid_c, row = xs
-        logits = scale * (a_c @ b_blk.T) + bias  # [c, m]
-        candidates = valid_c[:, None] & valid_b[None, :]
-        positive = ids_c[:, None] == ids_b[None, :]
-        if softmax:
-            masked = jnp.where(candidates, logits, _MASKED)
-            row_lse = jnp.logaddexp(row["lse"], jax.nn.logsumexp(masked, axis=1))
-            col_lse = jnp.logaddexp(col["lse"], jax.nn.logsumexp(masked, axis=0))
-            term = row["term"] + jnp.sum(jnp.where(positive, logits, 0.0), axis=1)  # the positive's logit
-        else:
-            signs = jnp.where(positive, 1.0, -1.0)
-            row_lse, col_lse = row["lse"], col["lse"]
-            term = row["term"] - jnp.sum(jax.nn.log_sigmoid(signs * logits) * candidates, axis=1)
-        scores = jnp.where(candidates, jax.lax.stop_gradient(logits), -jnp.inf)
-        row = {"lse": row_lse, "term": term, "best": _best(row["best"], scores, ids_b, 1)}
-        col = {"lse": col_lse, "best": _best(col["best"], scores, ids_c, 0)}
-        return (b_blk, valid_b, ids_b, col), row
-
     def ring_step(carry, _):
-        block, row = carry
-        block, row = jax.lax.scan(jax.checkpoint(score_chunk), block,
-                                  (chunks(a), chunks(ids), chunks(valid), jax.tree.map(chunks, row)))
+        (b_blk, valid_b, ids_b, col), row = carry
+
+        def score_chunk(col, xs):
+            """Rows `xs` of a (one chunk) against the visiting block of b. The block is a
+            constant of this loop, not its carry, so the backward pass keeps it once."""
+            a_c, ids_c, valid_c, row = xs
+            logits = scale * (a_c @ b_blk.T) + bias  # [c, m]
+            candidates = valid_c[:, None] & valid_b[None, :]
+            positive = ids_c[:, None] == ids_b[None, :]
+            if softmax:
+                masked = jnp.where(candidates, logits, _MASKED)
+                row_lse = jnp.logaddexp(row["lse"], jax.nn.logsumexp(masked, axis=1))
+                col_lse = jnp.logaddexp(col["lse"], jax.nn.logsumexp(masked, axis=0))
+                term = row["term"] + jnp.sum(jnp.where(positive, logits, 0.0), axis=1)  # the positive's logit
+            else:
+                signs = jnp.where(positive, 1.0, -1.0)
+                row_lse, col_lse = row["lse"], col["lse"]
+                term = row["term"] - jnp.sum(jax.nn.log_sigmoid(signs * logits) * candidates, axis=1)
+            scores = jnp.where(candidates, jax.lax.stop_gradient(logits), -jnp.inf)
+            row = {"lse": row_lse, "term": term, "best": _best(row["best"], scores, ids_b, 1)}
+            col = {"lse": col_lse, "best": _best(col["best"], scores, ids_c, 0)}
+            return col, row
+
+        col, row = jax.lax.scan(jax.checkpoint(score_chunk), col,
+                                (chunks(a), chunks(ids), chunks(valid), jax.tree.map(chunks, row)))
         row = jax.tree.map(lambda x: x.reshape(m, *x.shape[2:]), row)
+        block = (b_blk, valid_b, ids_b, col)
         if axis:  # the block (with its b->a statistics) moves on to the next device
             block = jax.lax.ppermute(block, axis, [(i, (i + 1) % n) for i in range(n)])
         return (block, row), None
