@@ -90,7 +90,7 @@ def _chunk_rows(m: int) -> int:
 def _local_sums(a, b, weights, scale, bias, *, kind: str, axis, n: int) -> Sums:
     """One device's part of the chunked loss: its rows a, b [m, E] and weights [m]; `axis`
     names the batch axes of the ring (None: one device, no ring). Returns the batch sums."""
-    m, e = a.shape
+    m = a.shape[0]
     a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     here = jax.lax.axis_index(axis) if axis else 0
     ids = here * m + jnp.arange(m)  # global row ids: pair i is a[i], b[i]
