@@ -42,6 +42,7 @@ STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression":
 
 CONTRASTIVE = ("none", "sigmoid", "softmax")
 CONTRASTIVE_HEADS = ("mmjax", "clip", "siglip")  # config.loss.contrastive_head (models/heads.py HEAD_STYLES)
+CHUNKED = ("auto", "yes", "no")  # config.loss.contrastive_chunked (mmjax/contrastive.py)
 # config.fusion.balance: modality balancing (mmjax/trainer/balance.py); both methods read
 # the per-modality heads (config.fusion.aux_weight > 0).
 BALANCE = ("none", "ogm_ge", "gradient_blending")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmjax.config.schema import contrastive_modalities
 from mmjax.models.audio import frame_count, num_frames
 from mmjax.models.heads import HEAD_STYLES
 
@@ -120,7 +121,7 @@ def forward_flops(config: Any, num_classes: int = 10) -> dict[str, int]:
     head = 2 * width * int(num_classes)
     loss = config.loss
     if loss.contrastive != "none" and HEAD_STYLES[loss.contrastive_head].proj:  # 'siglip' projects nothing
-        head += sum(2 * encoded[m][1] * int(loss.contrastive_dim) for m in loss.contrastive_pair)
+        head += sum(2 * encoded[m][1] * int(loss.contrastive_dim) for m in contrastive_modalities(loss))
     parts["head"] = head
     return parts
 

@@ -9,6 +9,11 @@ optional contrastive loss, as weighted sums that add up over batches.
 Every sum carries its own 'count' (the weight total), so padding rows (weight 0) and
 examples that lack a contrastive modality drop out of both numerator and denominator.
 
+The contrastive loss covers every pair of config.loss.contrastive_pairs (or the one
+contrastive_pair): sums['contrastive']['<a>_to_<b>'] over the examples that have both, and
+the loss adds contrastive_weight x sum_p weight_p x mean loss_p. mmjax/contrastive.py
+computes each pair's sums, chunked over the devices when the batch is sharded.
+
 Per-modality heads (config.fusion.aux_weight > 0) add sums['unimodal'][m]: the task sums
 of modality m's own head over the examples that have m, and the loss adds aux_weight
 times each head's mean loss. With fusion.balance='gradient_blending' the loss is instead
@@ -29,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmjax.contract import CONTRASTIVE, TARGET_KEY, presence_key
+from mmjax import contrastive
+from mmjax.config.schema import contrastive_pairs
+from mmjax.contract import TARGET_KEY, presence_key
 
 Sums = dict[str, jax.Array]
 
@@ -106,41 +113,12 @@ def task_metrics(task: str, sums: Mapping[str, Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- contrastive
-def contrastive_sums(a: jax.Array, b: jax.Array, scale: jax.Array, bias: jax.Array,
-                     weights: jax.Array, kind: str) -> Sums:
-    """Weighted sums of a contrastive loss between paired embeddings a, b [B, E]
-    (L2-normalised) and of in-batch retrieval recall@1 in both directions.
+contrastive_sums = contrastive.dense_sums  # one pair's sums over the batch, the B x B reference
 
-    Logits are scale * a @ b.T + bias. Rows with weight 0 are neither anchors nor
-    candidates. kind='softmax' (CLIP): mean of the a->b and b->a cross-entropies with
-    the pair as the target. kind='sigmoid' (SigLIP): per anchor, the sum over valid
-    candidates of -log sigmoid(+-logit), + for the pair and - for the rest.
-    """
-    n = a.shape[0]
-    valid = weights > 0
-    candidates = valid[:, None] & valid[None, :]
-    logits = scale * (a.astype(jnp.float32) @ b.astype(jnp.float32).T) + bias
-    eye = jnp.eye(n, dtype=bool)
-    if kind == "softmax":
-        masked = jnp.where(candidates, logits, -1e9)
-        a_to_b = -jnp.sum(jax.nn.log_softmax(masked, axis=1) * eye, axis=1)
-        b_to_a = -jnp.sum(jax.nn.log_softmax(masked, axis=0) * eye, axis=0)
-        per_row = 0.5 * (a_to_b + b_to_a)
-    elif kind == "sigmoid":
-        signs = jnp.where(eye, 1.0, -1.0)
-        per_row = -jnp.sum(jax.nn.log_sigmoid(signs * logits) * candidates, axis=1)
-    else:
-        raise ValueError(f"config.loss.contrastive={kind!r} is not one of {list(CONTRASTIVE[1:])}")
-    scores = jnp.where(candidates, logits, -jnp.inf)
-    hits_a = (jnp.argmax(scores, axis=1) == jnp.arange(n)).astype(jnp.float32)
-    hits_b = (jnp.argmax(scores, axis=0) == jnp.arange(n)).astype(jnp.float32)
-    w = weights * valid
-    return {
-        "loss": jnp.sum(per_row * w),
-        "hits_a_to_b": jnp.sum(hits_a * w),
-        "hits_b_to_a": jnp.sum(hits_b * w),
-        "count": jnp.sum(w),
-    }
+
+def pair_name(a: str, b: str) -> str:
+    """A pair's (and a retrieval direction's) name in sums and metrics: '<a>_to_<b>'."""
+    return f"{a}_to_{b}"
 
 
 # ---------------------------------------------------------------------------- the objective
@@ -150,7 +128,8 @@ class Objective:
 
     task: str = "classification"
     contrastive: str = "none"
-    pair: tuple[str, str] = ("image", "audio")
+    pairs: tuple[tuple[str, str, float], ...] = ()  # (a, b, weight) of each contrastive pair
+    chunked: str = "auto"  # config.loss.contrastive_chunked (mmjax/contrastive.py)
     contrastive_weight: float = 1.0
     eval_without: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()  # modalities with their own head (config.fusion.aux_weight > 0)
@@ -168,7 +147,8 @@ class Objective:
         return cls(
             task=str(loss.task),
             contrastive=str(loss.contrastive),
-            pair=tuple(loss.contrastive_pair),
+            pairs=contrastive_pairs(loss),
+            chunked=str(loss.contrastive_chunked),
             contrastive_weight=float(loss.contrastive_weight),
             eval_without=tuple(config.eval_without),
             heads=tuple(config.modalities) if fusion.aux_weight > 0 else (),
@@ -198,19 +178,40 @@ class Objective:
         """The metrics an evaluator (only=True) reports each head's loss under, in blend_heads order."""
         return [f"{prefix}task_loss", *(f"{prefix}loss_{m}_only" for m in self.heads)]
 
-    def sums(self, outputs: Any, batch: Mapping[str, jax.Array], weights: jax.Array) -> dict[str, Sums]:
-        """{'task': ..., 'contrastive': ...} sums of one batch; `outputs` is the model's
-        logits, or (logits, aux) when needs_aux."""
+    def contrastive_sums(self, aux: Mapping[str, Any], weights: jax.Array) -> dict[str, Sums]:
+        """{'<a>_to_<b>': sums} of each pair over the batch, from the model's aux outputs
+        (embeddings, present, scale, bias); an example lacking a or b is neither anchor nor
+        candidate of that pair."""
+        emb, present = aux["embeddings"], aux["present"]
+        return {pair_name(a, b): contrastive.pair_sums(emb[a], emb[b], aux["scale"], aux["bias"],
+                                                       weights * present[a] * present[b], self.contrastive,
+                                                       self.chunked)
+                for a, b, _ in self.pairs}
+
+    def contrastive_loss(self, sums: Mapping[str, Sums]) -> jax.Array:
+        """contrastive_weight x the pairs' weighted mean losses (sums: contrastive_sums')."""
+        return self.contrastive_weight * self._pairs_mean(sums)
+
+    def _pairs_mean(self, sums: Mapping[str, Sums]) -> jax.Array:
+        total = jnp.zeros((), jnp.float32)
+        for a, b, weight in self.pairs:
+            part = sums[pair_name(a, b)]
+            total = total + weight * part["loss"] / jnp.maximum(part["count"], 1.0)
+        return total
+
+    def sums(self, outputs: Any, batch: Mapping[str, jax.Array], weights: jax.Array, *,
+             with_contrastive: bool = True) -> dict[str, Sums]:
+        """{'task': ..., 'contrastive': {pair: ...}, 'unimodal': {m: ...}} sums of one batch;
+        `outputs` is the model's logits, or (logits, aux) when needs_aux. with_contrastive=
+        False leaves the contrastive sums out (gradient accumulation computes them over the
+        whole batch)."""
         logits, aux = outputs if self.needs_aux else (outputs, None)
         out = {}
         if self.task != "none":
             target = batch[TARGET_KEY[self.task]]
             out["task"] = TASK_SUMS[self.task](logits, target, weights)
-        if self.contrastive != "none":
-            a, b = self.pair
-            w = weights * aux["present"][a] * aux["present"][b]
-            emb = aux["embeddings"]
-            out["contrastive"] = contrastive_sums(emb[a], emb[b], aux["scale"], aux["bias"], w, self.contrastive)
+        if self.contrastive != "none" and with_contrastive:
+            out["contrastive"] = self.contrastive_sums(aux, weights)
         if self.heads:
             target = batch[TARGET_KEY[self.task]]
             out["unimodal"] = {}
@@ -223,15 +224,16 @@ class Objective:
         return out
 
     def loss(self, sums: Mapping[str, Sums], blend: jax.Array | None = None) -> jax.Array:
-        """The scalar loss: task mean + contrastive_weight * contrastive mean, plus
+        """The scalar loss: task mean + contrastive_loss (the pairs' weighted means), plus
         aux_weight * each per-modality head's mean. With gradient blending the task and
         head terms are weighed by `blend` [K] (blend_heads order) instead; None (the
         evaluators, which do not see the train state) weighs them uniformly."""
         total = jnp.zeros((), jnp.float32)
         mixed = "unimodal" in sums and self.balance == "gradient_blending"
-        for part, scale in (("task", 1.0), ("contrastive", self.contrastive_weight)):
-            if part in sums and not (mixed and part == "task"):
-                total = total + scale * sums[part]["loss"] / jnp.maximum(sums[part]["count"], 1.0)
+        if "task" in sums and not mixed:
+            total = total + sums["task"]["loss"] / jnp.maximum(sums["task"]["count"], 1.0)
+        if "contrastive" in sums:
+            total = total + self.contrastive_loss(sums["contrastive"])
         if mixed:
             k = len(self.blend_heads)
             weights = jnp.full((k,), 1.0 / k, jnp.float32) if blend is None else blend
@@ -255,13 +257,14 @@ class Objective:
         for m, part in sums.get("unimodal", {}).items():
             for name, value in task_metrics(self.task, part).items():
                 out[f"{prefix}{name}_{m}{'_only' if only else ''}"] = value
-        if "contrastive" in sums:
-            c = sums["contrastive"]
-            count = jnp.maximum(c["count"], 1.0)
-            a, b = self.pair
-            out[f"{prefix}contrastive_loss"] = c["loss"] / count
-            out[f"{prefix}recall@1_{a}_to_{b}"] = c["hits_a_to_b"] / count
-            out[f"{prefix}recall@1_{b}_to_{a}"] = c["hits_b_to_a"] / count
+        if "contrastive" in sums:  # in-batch recall@1 per direction, under the retrieval evaluator's names
+            out[f"{prefix}contrastive_loss"] = self._pairs_mean(sums["contrastive"])
+            for a, b, _ in self.pairs:
+                c = sums["contrastive"][pair_name(a, b)]
+                count = jnp.maximum(c["count"], 1.0)
+                out[f"{prefix}{pair_name(a, b)}/contrastive_loss"] = c["loss"] / count
+                out[f"{prefix}{pair_name(a, b)}/recall@1"] = c["hits_a_to_b"] / count
+                out[f"{prefix}{pair_name(b, a)}/recall@1"] = c["hits_b_to_a"] / count
         for m in self.eval_without:
             key = f"without_{m}"
             if key in sums:

@@ -105,14 +105,16 @@ def test_objective_combines_and_names_metrics():
     batch = {"label": jnp.array([0, 1, 2, 0])}
     logits = jnp.asarray(RNG.normal(size=(n, 3)), jnp.float32)
     sums = objective.sums((logits, aux), batch, jnp.ones(n))
-    assert float(sums["contrastive"]["count"]) == 3  # the example without audio is left out
+    pair = sums["contrastive"]["image_to_audio"]
+    assert float(pair["count"]) == 3  # the example without audio is left out
     loss = objective.loss(sums)
-    expected = sums["task"]["loss"] / 4 + 0.5 * sums["contrastive"]["loss"] / 3
+    expected = sums["task"]["loss"] / 4 + 0.5 * pair["loss"] / 3
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     metrics = objective.metrics(sums, "eval/")
     assert set(metrics) == {"eval/loss", "eval/task_loss", "eval/accuracy", "eval/contrastive_loss",
-                            "eval/recall@1_image_to_audio", "eval/recall@1_audio_to_image"}
-    assert float(metrics["eval/recall@1_image_to_audio"]) == 1.0
+                            "eval/image_to_audio/contrastive_loss", "eval/image_to_audio/recall@1",
+                            "eval/audio_to_image/recall@1"}
+    assert float(metrics["eval/image_to_audio/recall@1"]) == 1.0
     plain = Objective.from_config(config())
     assert set(plain.metrics({"task": sums["task"]}, "train/")) == {"train/loss", "train/accuracy"}
 
@@ -145,5 +147,5 @@ def test_train_and_eval_steps_with_contrastive_modality_dropout_and_eval_without
                                  {config.data.eval: source})
     final = {k: v for e in evaluators.build(config, context) for k, v in e.run(state).items()}
     assert {"eval/accuracy", "eval/accuracy_without_text", "eval/loss_without_text", "eval/contrastive_loss",
-            "eval/recall@1_image_to_text", "eval/recall@1_text_to_image"} <= set(final)
+            "eval/image_to_text/recall@1", "eval/text_to_image/recall@1"} <= set(final)
     assert all(np.isfinite(float(v)) for v in final.values())

@@ -8,8 +8,8 @@ command-line overrides with help (cli.py), and upgrading an older run's config (
 """
 
 from mmjax.config.cli import apply_overrides, load_config_file, split_config_args
-from mmjax.config.schema import UserError, defaults, evaluator, validate
+from mmjax.config.schema import UserError, contrastive_modalities, contrastive_pairs, defaults, evaluator, validate
 from mmjax.config.upgrade import upgrade
 
-__all__ = ["UserError", "apply_overrides", "defaults", "evaluator", "load_config_file", "split_config_args",
-           "upgrade", "validate"]
+__all__ = ["UserError", "apply_overrides", "contrastive_modalities", "contrastive_pairs", "defaults", "evaluator",
+           "load_config_file", "split_config_args", "upgrade", "validate"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from mmjax.contract import (BALANCE, CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OGM_TASKS, OPTIMIZERS,
+from mmjax.contract import (BALANCE, CHUNKED, CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OGM_TASKS, OPTIMIZERS,
                             REMAT_POLICIES, TASKS)
 
 
@@ -100,6 +100,34 @@ def distinct_modalities(value) -> str | None:
     if len(set(value)) != len(value):
         return f"{tuple(value)} lists a modality twice"
     return None
+
+
+def pair_list(value) -> str | None:
+    for pair in value:
+        ok = isinstance(pair, (tuple, list)) and len(pair) in (2, 3) and all(m in MODALITIES for m in pair[:2])
+        if not ok or pair[0] == pair[1] or (len(pair) == 3 and not (
+                isinstance(pair[2], (int, float)) and not isinstance(pair[2], bool) and pair[2] > 0)):
+            return (f"entry {pair!r} must be (a, b) or (a, b, weight > 0) with two different modalities of "
+                    f"{', '.join(MODALITIES)}, e.g. --config.loss.contrastive_pairs=\"(('image','text'),('audio','text'))\"")
+    names = [frozenset(p[:2]) for p in value]
+    if len(set(names)) != len(names):
+        return f"{tuple(value)!r} lists a pair twice"
+    return None
+
+
+def contrastive_pairs(loss) -> tuple[tuple[str, str, float], ...]:
+    """The pairs of the contrastive loss config.loss asks for, as (a, b, weight): every
+    entry of contrastive_pairs, or the one contrastive_pair when that is empty; () when
+    loss.contrastive is 'none'. The one place that reads either key."""
+    if loss.contrastive == "none":
+        return ()
+    pairs = tuple(loss.contrastive_pairs) or (tuple(loss.contrastive_pair),)
+    return tuple((str(p[0]), str(p[1]), float(p[2]) if len(p) > 2 else 1.0) for p in pairs)
+
+
+def contrastive_modalities(loss) -> tuple[str, ...]:
+    """The modalities of contrastive_pairs(loss), in order of first appearance."""
+    return tuple(dict.fromkeys(m for a, b, _ in contrastive_pairs(loss) for m in (a, b)))
 
 
 def one_of(choices: tuple) -> Callable[[Any], str | None]:
@@ -240,6 +268,8 @@ SCHEMA = Group("the run", dict(
     seed=Key(0, "seed of parameter init, dropout and data order"),
     total_steps=Key(1500, "optimizer steps of the run", check=positive_int),
     batch_size=Key(64, "global batch size, over all hosts and devices", check=positive_int),
+    grad_accum_steps=Key(1, "split each global batch into this many micro-batches, one gradient (contrastive "
+                            "losses keep every negative: GradCache); changes only the dropout draws", check=positive_int),
     log_every=Key(50, "steps between progress lines / metric rows", check=positive_int),
     eval_every=Key(500, "steps between evaluations (and at the end)", check=positive_int),
     checkpoint_every=Key(500, "steps between checkpoints (and at the end)", check=positive_int),
@@ -418,8 +448,14 @@ SCHEMA = Group("the run", dict(
                  choices=TASKS),
         contrastive=Key("none", "contrastive loss between the pooled embeddings of contrastive_pair: "
                                 "'sigmoid' (SigLIP) or 'softmax' (CLIP)", choices=CONTRASTIVE),
-        contrastive_pair=Key(("image", "audio"), "the two modalities of the contrastive loss",
-                             choices=MODALITIES),
+        contrastive_pair=Key(("image", "audio"), "the two modalities of the contrastive loss (one pair; "
+                                                 "contrastive_pairs, when set, lists every pair)", choices=MODALITIES),
+        contrastive_pairs=Key((), "every contrastive pair, each (a, b) or (a, b, weight), e.g. "
+                                  "(('image','text'),('audio','text',0.5)); an example lacking a or b drops out "
+                                  "of that pair's loss ((): the one contrastive_pair)", check=pair_list),
+        contrastive_chunked=Key("auto", "'yes': the ring-chunked loss (mmjax/contrastive.py), no device holds "
+                                        "B x B logits; 'no': dense logits; 'auto': chunked when the mesh splits "
+                                        "the batch over > 1 device", choices=CHUNKED),
         contrastive_weight=Key(1.0, "weight of the contrastive loss", check=positive),
         contrastive_dim=Key(64, "contrastive embedding size (not used by contrastive_head 'siglip')",
                             check=positive_int),
@@ -531,9 +567,18 @@ def check_modalities_fit(config) -> None:
     mods = tuple(config.modalities)
     loss = config.loss
     if loss.contrastive != "none":
+        key = "loss.contrastive_pairs" if loss.contrastive_pairs else "loss.contrastive_pair"
         pair = tuple(loss.contrastive_pair)
-        if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(mods):
-            _fail("loss.contrastive_pair", f"{pair} must name two different modalities of config.modalities {mods}")
+        if not loss.contrastive_pairs and (len(pair) != 2 or pair[0] == pair[1]):
+            _fail(key, f"{pair} must name two different modalities of config.modalities {mods}")
+        for a, b, _ in contrastive_pairs(loss):
+            if not {a, b} <= set(mods):
+                _fail(key, f"{(a, b)} must name two different modalities of config.modalities {mods}")
+        default = SCHEMA.keys["loss"].keys["contrastive_pair"].default
+        if loss.contrastive_pairs and pair != default and frozenset(pair) not in {
+                frozenset(p[:2]) for p in loss.contrastive_pairs}:
+            _fail("loss.contrastive_pair", f"{pair} is not among config.loss.contrastive_pairs, which replaces it; "
+                                           "list the pair there (or set contrastive_pairs=())")
     for key, names in [("eval_without", config.eval_without)] + [
             (f"evals.{n}.modalities", e.modalities) for n, e in config.evals.items() if e.kind == "without_modality"]:
         unknown = sorted(set(names) - set(mods))
@@ -545,6 +590,9 @@ def _check_across_keys(config) -> None:
     """Checks that relate keys to each other."""
     if list(config.mesh.values()).count(-1) > 1:
         _fail("mesh", "at most one axis may be -1")
+    if config.batch_size % config.grad_accum_steps:
+        _fail("grad_accum_steps", f"{config.grad_accum_steps} must divide config.batch_size={config.batch_size} "
+                                  "into equal micro-batches")
     if not config.optim.warmup_steps < config.total_steps:
         _fail("optim.warmup_steps", f"must be in [0, total_steps={config.total_steps}), got {config.optim.warmup_steps}")
     for key in ("train", "eval"):

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mmjax.config.schema import check_modalities_fit
+from mmjax.config.schema import check_modalities_fit, contrastive_modalities
 from mmjax.contract import MODALITIES
 from mmjax.models import layers, missing
 from mmjax.models.audio import AUDIO_ENCODERS
@@ -105,15 +105,15 @@ def contrastive_head(config: Any) -> ContrastiveHead | None:
     if loss.contrastive == "none":
         return None
     style = str(loss.contrastive_head)
-    if HEAD_STYLES[style].pool == "tower":  # the pair's towers must pool, to the same width without a projection
-        for m in loss.contrastive_pair:
+    if HEAD_STYLES[style].pool == "tower":  # the pairs' towers must pool, to the same width without a projection
+        for m in contrastive_modalities(loss):
             sub = config.model[m]
             pools = POOLED_KINDS.get((m, sub.kind))
             if pools is None or (pools and sub.pooling == "none"):
                 raise ValueError(f"config.loss.contrastive_head={style!r} reads the {m} tower's pooled output, but "
                                  f"config.model.{m} (kind={sub.kind!r}) has none; set config.model.{m}.pooling "
                                  "(vit / transformer towers) or use contrastive_head='mmjax'")
-    return ContrastiveHead(modalities=tuple(loss.contrastive_pair), dim=int(loss.contrastive_dim),
+    return ContrastiveHead(modalities=contrastive_modalities(loss), dim=int(loss.contrastive_dim),
                            kind=str(loss.contrastive), style=style)
 
 

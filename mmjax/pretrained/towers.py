@@ -260,7 +260,7 @@ def head_spec(config: ml_collections.ConfigDict) -> str:
     text tower names the same one and config.loss is a contrastive loss between image and
     text ('' otherwise: the head starts fresh)."""
     loss, model = config.loss, config.model
-    if loss.contrastive == "none" or set(loss.contrastive_pair) != {"image", "text"}:
+    if loss.contrastive == "none" or set(config_lib.contrastive_modalities(loss)) != {"image", "text"}:
         return ""
     if not {"image", "text"} <= set(config.modalities):
         return ""
