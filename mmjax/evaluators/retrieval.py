@@ -24,8 +24,8 @@ def configured_pairs(cfg: ml_collections.ConfigDict, config: ml_collections.Conf
     """The entry's pairs, or the loss's."""
     if cfg.pairs:
         return tuple(tuple(p) for p in cfg.pairs)
-    pairs = config.loss.get("contrastive_pairs", ())
-    return tuple(tuple(p) for p in pairs) or (tuple(config.loss.contrastive_pair),)
+    pairs = config.loss.get("contrastive_pairs", ())  # entries (a, b) or (a, b, weight)
+    return tuple(tuple(p[:2]) for p in pairs) or (tuple(config.loss.contrastive_pair),)
 
 
 class Retrieval(EmbeddingEvaluator):
