@@ -32,6 +32,15 @@ Two variants label the same world for the other task heads:
                 position in [0, 1]. Image and text are nuisance (a random digit and
                 question); there are no class labels.
 
+The 'paired' task is for contrastive learning and retrieval: every example draws an
+instance code of CODE_DIGITS digits (0..999; each code once per split while the split has
+at most 1000 examples, so every eval example has exactly one true partner in each other
+modality). The image draws the digits' glyphs side by side in three fixed slots (each
+moved by up to a pixel; colours and noise as above), the audio plays them as three notes,
+one per third of the clip (the pitches above), and the text writes them out ("code 7 3 1",
+the word's case varying). The label (a class as well) is the first digit. Only the whole
+code identifies an example: retrieving its partner needs every digit in both modalities.
+
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
 """
@@ -86,15 +95,14 @@ REDUNDANT_STATEMENTS = ("the answer is {}", "it is {}", "{} it is", "that is {}"
                         "label: {}", "class {}")
 PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
 SUFFIXES = ("", "", " pls", " now", " :)", " ok")
-# Paired task: the code's digits, and how its text spells them ({} is the digits in words).
-CODE_DIGITS = 3
-NUM_CODES = NUM_CLASSES ** CODE_DIGITS
-PAIRED_STATEMENTS = ("{}", "code {}", "id {}", "it is {}", "number {}", "{} it is")
-PAIRED_TEXT_BYTES = (max(len(t) for t in PAIRED_STATEMENTS) - 2 + CODE_DIGITS * max(map(len, CLASS_NAMES))
-                     + CODE_DIGITS - 1 + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
 MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
                       + tuple(t.format(n) for t in REDUNDANT_STATEMENTS for n in CLASS_NAMES))
                   + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
+# Paired task: the code's digits, and how its text writes them ({} is the digits, spaced).
+CODE_DIGITS = 3
+NUM_CODES = NUM_CLASSES ** CODE_DIGITS
+PAIRED_STATEMENTS = ("code {}", "Code {}", "CODE {}")  # the digits at the same places in each
+PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + 2 * CODE_DIGITS - 1
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
 _FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
@@ -252,8 +260,9 @@ def _generate_paired(num_examples: int, seed: int, *, image_size: int, audio_rat
                      audio_samples: int) -> tuple[list[dict], np.ndarray]:
     """The 'paired' task (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    # Every code equally often, in random order: unique codes while num_examples <= NUM_CODES.
-    codes = rng.permutation(np.arange(num_examples) % NUM_CODES)
+    # Random permutations of all codes, one after another: unique while num_examples <= NUM_CODES.
+    codes = np.concatenate([rng.permutation(NUM_CODES) for _ in range(-(-num_examples // NUM_CODES))]
+                           + [np.zeros(0, np.int64)])[:num_examples]
     digits = np.stack([codes // NUM_CLASSES ** (CODE_DIGITS - 1 - i) % NUM_CLASSES
                        for i in range(CODE_DIGITS)], axis=1)
     images = _draw_code_images(rng, digits, image_size)
@@ -306,18 +315,9 @@ def _make_note_sequences(rng: np.random.Generator, digits: np.ndarray, rate: int
 
 
 def _make_code_texts(rng: np.random.Generator, digits: np.ndarray) -> list[str]:
-    """The digits in words inside one of PAIRED_STATEMENTS, with _make_texts' fillers."""
-    n = len(digits)
-    q = rng.integers(0, len(PAIRED_STATEMENTS), n)
-    pre = rng.integers(0, len(PREFIXES), n)
-    suf = rng.integers(0, len(SUFFIXES), n)
-    cap = rng.random(n) < 0.3
-    texts = []
-    for i in range(n):
-        words = " ".join(CLASS_NAMES[d] for d in digits[i])
-        text = PREFIXES[pre[i]] + PAIRED_STATEMENTS[q[i]].format(words) + SUFFIXES[suf[i]]
-        texts.append(text[:1].upper() + text[1:] if cap[i] else text)
-    return texts
+    """The code written out: 'code 7 3 1' (one of PAIRED_STATEMENTS, digits spaced)."""
+    q = rng.integers(0, len(PAIRED_STATEMENTS), len(digits))
+    return [PAIRED_STATEMENTS[q[i]].format(" ".join(str(d) for d in digits[i])) for i in range(len(digits))]
 
 
 def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
