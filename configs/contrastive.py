@@ -12,7 +12,7 @@ each pair (eval/retrieval/<a>_to_<b>/recall@<k>).
 
 The towers are small and cheap: 24-pixel images in 8-pixel patches (a digit per column of
 patches), 1536-sample clips in log-mel patches of 4 frames by all 32 mel bins (a token per
-note), 12 byte tokens of text; the fusion core does nothing here (concat, depth 0: no task
+note), 8 byte tokens of text; the fusion core does nothing here (concat, depth 0: no task
 head is trained).
 
 Figures: see FIGURES below (measured on this repository's 2-core AMD EPYC CPU while other
@@ -30,8 +30,8 @@ def get_config(arg=None):
     c = base.get_config()
     c.modalities = ("image", "text", "audio")
     # 24 px in 8-px patches: each digit's slot is one column of patches. 1536 samples at hop 128
-    # are 12 frames; 4-frame patches over all 32 mel bins: one token per note. 'code 7 3 1' fits 12.
-    c.data.update(dict(image_size=24, audio_samples=1536, text_length=12))
+    # are 12 frames; 4-frame patches over all 32 mel bins: one token per note. 'code 7dB' is 8 bytes.
+    c.data.update(dict(image_size=24, audio_samples=1536, text_length=8))
     c.data.synthetic.update(dict(task="paired", num_train=20000, num_eval=1000))
     c.model.image.patch = 8
     c.model.audio.update(dict(patch_time=4, patch_freq=32))
