@@ -30,7 +30,7 @@ def get_config(arg=None):
     c = base.get_config()
     c.modalities = ("image", "text", "audio")
     # 24 px in 8-px patches: each digit's slot is one column of patches. 1536 samples at hop 128
-    # are 12 frames; 4-frame patches over all 32 mel bins: one token per note. 'code 7dB' is 8 bytes.
+    # are 12 frames; 4-frame patches over all 32 mel bins: one token per note. 'no. 7dB' is 7 bytes.
     c.data.update(dict(image_size=24, audio_samples=1536, text_length=8))
     c.data.synthetic.update(dict(task="paired", num_train=20000, num_eval=1000))
     c.model.image.patch = 8
@@ -39,10 +39,10 @@ def get_config(arg=None):
     c.loss.update(dict(task="none", contrastive="sigmoid",
                        contrastive_pairs=(("image", "text"), ("audio", "text"), ("image", "audio"))))
     c.batch_size = 256
-    c.total_steps = 800
+    c.total_steps = 1000
     c.optim.update(dict(lr=3e-3, warmup_steps=50))
-    c.eval_every = 200
-    c.checkpoint_every = 400
+    c.eval_every = 250
+    c.checkpoint_every = 500
     c.log_every = 50
     c.evals.retrieval = config_lib.evaluator("retrieval")
     c.evals.eval.every = c.total_steps  # the objective's own metrics (in-batch recall) once, at the end

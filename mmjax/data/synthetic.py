@@ -41,7 +41,7 @@ the digits' glyphs side by side in three fixed slots (each moved by up to a pixe
 first in red, the second in green, the third in blue, on a random grey with pixel noise;
 the audio plays them as three notes (the pitches above), one per third of the clip, the
 first steady, the second falling, the third rising; the text writes the first as a digit,
-the second as a letter a-j and the third as a letter A-J ("code 7dB", "id: 7dB", ...). The
+the second as a letter a-j and the third as a letter A-J ("no. 7dB", "# 7dB", ...). The
 label (a class as well) is the first digit. Only the whole code identifies an example:
 retrieving its partner needs every place in both modalities.
 
@@ -105,7 +105,7 @@ MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
 # Paired task: the code's digits, and how its text writes them ({} is the digits, spaced).
 CODE_DIGITS = 3
 NUM_CODES = NUM_CLASSES ** CODE_DIGITS
-PAIRED_STATEMENTS = ("code {}", "Code {}", "id: {}", "ID: {}")
+PAIRED_STATEMENTS = ("no. {}", "No. {}", "nr. {}", "# {}")  # no letters of TEXT_ALPHABETS
 PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + CODE_DIGITS
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
@@ -326,12 +326,12 @@ def _make_note_sequences(rng: np.random.Generator, digits: np.ndarray, rate: int
     return np.clip(out + noise, -1, 1).astype(np.float32)
 
 
-# The text writes place j's digit in its own alphabet: 0-9, then a-j, then A-J ('code 7dB').
+# The text writes place j's digit in its own alphabet: 0-9, then a-j, then A-J ('no. 7dB').
 TEXT_ALPHABETS = ("0123456789", "abcdefghij", "ABCDEFGHIJ")
 
 
 def _make_code_texts(rng: np.random.Generator, digits: np.ndarray) -> list[str]:
-    """The code written out in TEXT_ALPHABETS ('code 7dB'), one of PAIRED_STATEMENTS."""
+    """The code written out in TEXT_ALPHABETS ('no. 7dB'), one of PAIRED_STATEMENTS."""
     q = rng.integers(0, len(PAIRED_STATEMENTS), len(digits))
     return [PAIRED_STATEMENTS[q[i]].format("".join(TEXT_ALPHABETS[j % 3][d] for j, d in enumerate(digits[i])))
             for i in range(len(digits))]
