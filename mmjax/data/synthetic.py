@@ -35,15 +35,11 @@ Two variants label the same world for the other task heads:
 The 'paired' task is for contrastive learning and retrieval: every example draws an
 instance code of CODE_DIGITS digits (0..999; each code once per split while the split has
 at most 1000 examples, so every eval example has exactly one true partner in each other
-modality). Each place of the code has its own look in every modality, so a model that
-pools its tokens without regard to their order still tells 731 from 137: the image draws
-the digits' glyphs side by side in three fixed slots (each moved by up to a pixel), the
-first in red, the second in green, the third in blue, on a random grey with pixel noise;
-the audio plays them as three notes (the pitches above), one per third of the clip, the
-first steady, the second falling, the third rising; the text writes the first as a digit,
-the second as a letter a-j and the third as a letter A-J ("no. 7dB", "# 7dB", ...). The
-label (a class as well) is the first digit. Only the whole code identifies an example:
-retrieving its partner needs every place in both modalities.
+modality). The image draws the digits' glyphs side by side in three fixed slots (each
+moved by up to a pixel; colours and noise as above), the audio plays them as three notes,
+one per third of the clip (the pitches above), and the text writes them out ("code 7 3 1",
+the word's case varying). The label (a class as well) is the first digit. Only the whole
+code identifies an example: retrieving its partner needs every digit in both modalities.
 
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
@@ -105,8 +101,8 @@ MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
 # Paired task: the code's digits, and how its text writes them ({} is the digits, spaced).
 CODE_DIGITS = 3
 NUM_CODES = NUM_CLASSES ** CODE_DIGITS
-PAIRED_STATEMENTS = ("no. {}", "No. {}", "nr. {}", "# {}")  # no letters of TEXT_ALPHABETS
-PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + CODE_DIGITS
+PAIRED_STATEMENTS = ("code {}", "Code {}", "CODE {}")  # the digits at the same places in each
+PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + 2 * CODE_DIGITS - 1
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
 _FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
@@ -279,7 +275,7 @@ def _generate_paired(num_examples: int, seed: int, *, image_size: int, audio_rat
 
 def _draw_code_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.ndarray:
     """uint8 [n, size, size, 3]: the digits' glyphs in CODE_DIGITS fixed slots, each moved by
-    up to a pixel, slot j's glyph in colour channel j on a grey background, with pixel noise."""
+    up to a pixel, with _draw_images' colours and noise."""
     n, k = digits.shape
     scale = max(1, size // (6 * k + 2))  # the glyphs of the k slots and their gaps fill the width
     glyphs = GLYPHS.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -287,54 +283,41 @@ def _draw_code_images(rng: np.random.Generator, digits: np.ndarray, size: int) -
     slot = (size - 2) // k  # 1-pixel margins for the jitter
     if slot < gw + 1 or gh + 2 > size:
         raise ValueError(f"image_size={size} is too small for {k} glyphs of {gw} pixels; use >= {k * 6 + 2}")
-    slot_masks = np.zeros((k, n, size, size), np.float32)
+    mask = np.zeros((n, size, size), bool)
     top = (size - gh) // 2
     for j in range(k):
         y = top + rng.integers(-1, 2, n)
         x = 1 + j * slot + (slot - gw) // 2 + rng.integers(-1, 2, n)
         rows = y[:, None, None] + np.arange(gh)[None, :, None]
         cols = x[:, None, None] + np.arange(gw)[None, None, :]
-        slot_masks[j][np.arange(n)[:, None, None], rows, cols] = glyphs[digits[:, j]]
-    # A grey background; slot j's ink differs from it in channel j only (red, green, blue), by
-    # 90..150 levels up or down: the colour says which place a glyph holds.
-    grey = rng.integers(70, 186, n).astype(np.float32)
-    img = np.repeat(grey[:, None, None, None], 3, axis=3) * np.ones((1, size, size, 3), np.float32)
-    for j in range(k):
-        contrast = rng.uniform(90, 150, n) * np.where(grey > 127, -1.0, 1.0)
-        img[..., j % 3] += slot_masks[j] * contrast[:, None, None]
+        mask[np.arange(n)[:, None, None], rows, cols] |= glyphs[digits[:, j]]
+    dark = rng.integers(0, 91, (n, 3))
+    light = rng.integers(165, 256, (n, 3))
+    light_ink = (rng.random(n) < 0.5)[:, None]
+    fg = np.where(light_ink, light, dark)[:, None, None, :]
+    bg = np.where(light_ink, dark, light)[:, None, None, :]
+    img = np.where(mask[..., None], fg, bg).astype(np.float32)
     img += rng.normal(0.0, _PIXEL_NOISE, img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def _make_note_sequences(rng: np.random.Generator, digits: np.ndarray, rate: int, samples: int) -> np.ndarray:
-    """float32 [n, samples]: the digits' notes one after another, each filling its third of
-    the clip but with its place's envelope (steady, falling, rising), random amplitude and
-    phase, and a little noise."""
+    """float32 [n, samples]: the digits' notes one after another, each in its third of the
+    clip (random onset, duration, amplitude and phase within it, a little noise)."""
     n, k = digits.shape
     seg = samples // k
     freqs = pitch_frequencies(rate)
-    t = np.arange(seg)
-    fade = np.clip(np.minimum(t, seg - 1 - t) / _FADE, 0.0, 1.0)
-    shapes = (np.ones(seg), np.linspace(1.0, 0.15, seg), np.linspace(0.15, 1.0, seg))
     out = np.zeros((n, samples), np.float32)
     for j in range(k):
-        amp = rng.uniform(0.3, 0.8, (n, 1))
-        phase = rng.uniform(0.0, 2 * np.pi, (n, 1))
-        wave = amp * (fade * shapes[j % 3]) * np.sin(2 * np.pi * freqs[digits[:, j], None] * t / rate + phase)
-        out[:, j * seg:(j + 1) * seg] = wave
-    noise = rng.uniform(0.002, 0.01, (n, 1)) * rng.standard_normal(out.shape)
-    return np.clip(out + noise, -1, 1).astype(np.float32)
-
-
-# The text writes place j's digit in its own alphabet: 0-9, then a-j, then A-J ('no. 7dB').
-TEXT_ALPHABETS = ("0123456789", "abcdefghij", "ABCDEFGHIJ")
+        part, _ = _make_audio(rng, freqs[digits[:, j]], rate, seg)
+        out[:, j * seg:(j + 1) * seg] = part  # _make_audio's clips are silent past their length
+    return np.clip(out + rng.uniform(0.002, 0.01, (n, 1)) * rng.standard_normal(out.shape), -1, 1).astype(np.float32)
 
 
 def _make_code_texts(rng: np.random.Generator, digits: np.ndarray) -> list[str]:
-    """The code written out in TEXT_ALPHABETS ('no. 7dB'), one of PAIRED_STATEMENTS."""
+    """The code written out: 'code 7 3 1' (one of PAIRED_STATEMENTS, digits spaced)."""
     q = rng.integers(0, len(PAIRED_STATEMENTS), len(digits))
-    return [PAIRED_STATEMENTS[q[i]].format("".join(TEXT_ALPHABETS[j % 3][d] for j, d in enumerate(digits[i])))
-            for i in range(len(digits))]
+    return [PAIRED_STATEMENTS[q[i]].format(" ".join(str(d) for d in digits[i])) for i in range(len(digits))]
 
 
 def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
