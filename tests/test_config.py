@@ -161,8 +161,9 @@ def test_an_evaluator_on_the_command_line_creates_its_entry():
     assert config.evals.eval.prefix == "eval/"  # the default evaluator is still there
     config_lib.apply_overrides(config, {"evals.more.kind": "without_modality"})  # keeps every=7
     assert (config.evals.more.every, config.evals.more.modalities) == (7, ("audio",))
-    with pytest.raises(UserError, match=r"--config.evals.x.kind='zeroshot': not one of task, without_modality"):
-        load(**{"evals.x.kind": "zeroshot"})
+    with pytest.raises(UserError, match=r"--config.evals.x.kind='caption': not one of task, without_modality, "
+                                        r"retrieval, zeroshot, linear_probe"):
+        load(**{"evals.x.kind": "caption"})
     with pytest.raises(UserError, match=r"unknown key 'modalities' in evals.y; valid keys: data, every, kind"):
         load(**{"evals.y.modalities": "audio"})
     with pytest.raises(UserError, match=r"unknown key 'evalz' in config"):

@@ -164,7 +164,7 @@ CONCAT_POOLS = ("mean", "flatten")
 TEXT_LOOKUPS = ("one_hot", "gather")
 ATTENTION_KINDS = ("auto", "dpa", "einsum")
 UNROLL_CHOICES = ("auto", "yes", "no")
-SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression")
+SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression", "paired")
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")  # models/layers.py LORA_LAYERS
 LORA_KINDS = {"image": ("vit",), "text": ("transformer",), "audio": ("transformer", "whisper")}  # kinds with adapters
 
@@ -234,11 +234,21 @@ _CNN = dict(
 )
 
 # ---------------------------------------------------------------- evaluators
+def modality_pairs(value) -> str | None:
+    """A tuple of (a, b) pairs of different modalities."""
+    for pair in value:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] != pair[1]
+                and all(m in MODALITIES for m in pair)):
+            return f"each pair must be two different modalities of {', '.join(MODALITIES)}, got {pair!r}"
+    return None
+
+
 # Keys every evaluator has, then each kind's own. data '' is config.data.eval; every 0 is
 # config.eval_every; prefix '' is 'eval/<name>/'.
 EVAL_KEYS = dict(
     kind=Key("task", "'task': the objective's metrics; 'without_modality': the task metrics with "
-                     "modalities absent", choices=("task", "without_modality")),
+                     "modalities absent; 'retrieval', 'zeroshot', 'linear_probe': of the contrastive or "
+                     "pooled embeddings", choices=("task", "without_modality", "retrieval", "zeroshot", "linear_probe")),
     data=Key("", "eval data: '' (config.data.eval), 'synthetic', a built directory or 'tfds:NAME'"),
     every=Key(0, "run every this many steps (0: config.eval_every) and at the end", check=at_least_zero),
     prefix=Key("", "metric-name prefix ('': 'eval/<name>/')"),
@@ -247,6 +257,27 @@ EVAL_KINDS: dict[str, dict[str, Key]] = {
     "task": {},  # the objective's metrics (loss, accuracy, ...)
     "without_modality": dict(  # the task metrics with these modalities absent for every example
         modalities=Key(("audio",), "modalities masked out for every example", choices=MODALITIES),
+    ),
+    "retrieval": dict(  # recall@k over the whole data set, both directions of each pair
+        pairs=Key((), "modality pairs, e.g. (('image','text'),) (empty: config.loss's contrastive pair or pairs)",
+                  check=modality_pairs),
+        ks=Key((1, 5, 10), "the k of each reported recall@k", check=lambda v: None if v and min(v) > 0 else
+               f"must be positive integers, got {v!r}"),
+    ),
+    "zeroshot": dict(  # classification by similarity to the class names' prompt embeddings
+        modality=Key("image", "the modality classified against the text embeddings of the prompts",
+                     choices=MODALITIES),
+        prompts=Key(("a photo of a {}.",), "prompt templates; {} is a class name; embeddings averaged over them",
+                    check=lambda v: None if v and all("{}" in p for p in v) else
+                    f"must be templates with {{}} for the class name, got {v!r}"),
+        classes=Key((), "class names in label order (empty: the data set's spec.json class_names)"),
+    ),
+    "linear_probe": dict(  # ridge regression on frozen features of train_data, accuracy on data
+        train_data=Key("", "the split the probe is fitted on ('': config.data.train; 'synthetic' is its train split)"),
+        features=Key("fused", "'fused' (the fusion core's pooled output, the head's input) or 'contrastive' "
+                              "(the contrastive embeddings, concatenated)", choices=("fused", "contrastive")),
+        l2=Key(1e-3, "ridge penalty (times the number of fitting examples)", check=positive),
+        max_train_examples=Key(0, "fit on at most this many examples of train_data (0: all)", check=at_least_zero),
     ),
 }
 DEFAULT_EVALS = {"eval": dict(kind="task", prefix="eval/")}
@@ -343,7 +374,8 @@ SCHEMA = Group("the run", dict(
             num_eval=Key(2000, "eval examples", check=positive_int),
             seed=Key(0, "seed of the generated examples"),
             task=Key("default", "'default' (needs all three modalities), 'redundant' (each alone decides), "
-                                "'multilabel' or 'regression' (use the matching loss.task)", choices=SYNTHETIC_TASKS),
+                                "'multilabel' or 'regression' (use the matching loss.task), 'paired' (an instance "
+                                "code shared by the modalities: contrastive retrieval)", choices=SYNTHETIC_TASKS),
         )),
     )),
     model=Group("the model", dict(

@@ -32,6 +32,15 @@ Two variants label the same world for the other task heads:
                 position in [0, 1]. Image and text are nuisance (a random digit and
                 question); there are no class labels.
 
+The 'paired' task is for contrastive learning and retrieval: every example draws an
+instance code of CODE_DIGITS digits (0..999; each code once per split while the split has
+at most 1000 examples, so every eval example has exactly one true partner in each other
+modality). The image draws the digits' glyphs side by side in three fixed slots (each
+moved by up to a pixel; colours and noise as above), the audio plays them as three notes,
+one per third of the clip (the pitches above), and the text writes them out ("code 7 3 1",
+the word's case varying). The label (a class as well) is the first digit. Only the whole
+code identifies an example: retrieving its partner needs every digit in both modalities.
+
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
 """
@@ -46,6 +55,7 @@ import tempfile
 
 import numpy as np
 
+from mmjax.config.schema import SYNTHETIC_TASKS
 from mmjax.contract import hz_to_mel, mel_to_hz
 from mmjax.data import codec, writer
 from mmjax.data.format import FORMAT, SPEC_FILE
@@ -85,10 +95,14 @@ REDUNDANT_STATEMENTS = ("the answer is {}", "it is {}", "{} it is", "that is {}"
                         "label: {}", "class {}")
 PREFIXES = ("", "", "ok ", "so ", "hey ", "now ")
 SUFFIXES = ("", "", " pls", " now", " :)", " ok")
-SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression")
 MAX_TEXT_BYTES = (max(len(q) for q in IMAGE_QUESTIONS + AUDIO_QUESTIONS
                       + tuple(t.format(n) for t in REDUNDANT_STATEMENTS for n in CLASS_NAMES))
                   + max(map(len, PREFIXES)) + max(map(len, SUFFIXES)))
+# Paired task: the code's digits, and how its text writes them ({} is the digits, spaced).
+CODE_DIGITS = 3
+NUM_CODES = NUM_CLASSES ** CODE_DIGITS
+PAIRED_STATEMENTS = ("code {}", "Code {}", "CODE {}")  # the digits at the same places in each
+PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + 2 * CODE_DIGITS - 1
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
 _FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
@@ -181,7 +195,8 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
     task='redundant', A = B = label and S is the class the text names (also the label).
     For 'multilabel' the examples have 'labels' (int32 ids of {A, B, C}) instead of
     'label' and latents are (A, B, C); for 'regression' they have 'target' (float32 [1])
-    instead, and latents are (A, -1, S): the pitch is continuous.
+    instead, and latents are (A, -1, S): the pitch is continuous. For 'paired' the latents
+    are the code's digits (first = the label).
     """
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
@@ -189,6 +204,9 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
         raise ValueError(f"audio_samples={audio_samples} is too short; use >= {2 * _FADE}")
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"config.data.synthetic.task={task!r} is not one of {list(SYNTHETIC_TASKS)}")
+    if task == "paired":
+        return _generate_paired(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
+                                audio_samples=audio_samples)
     if task in ("multilabel", "regression"):
         return _generate_variant(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
                                  audio_samples=audio_samples, task=task)
@@ -238,6 +256,70 @@ def _generate_variant(num_examples: int, seed: int, *, image_size: int, audio_ra
     return examples, np.stack([a, b, c], axis=1)
 
 
+def _generate_paired(num_examples: int, seed: int, *, image_size: int, audio_rate: int,
+                     audio_samples: int) -> tuple[list[dict], np.ndarray]:
+    """The 'paired' task (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    # Random permutations of all codes, one after another: unique while num_examples <= NUM_CODES.
+    codes = np.concatenate([rng.permutation(NUM_CODES) for _ in range(-(-num_examples // NUM_CODES))]
+                           + [np.zeros(0, np.int64)])[:num_examples]
+    digits = np.stack([codes // NUM_CLASSES ** (CODE_DIGITS - 1 - i) % NUM_CLASSES
+                       for i in range(CODE_DIGITS)], axis=1)
+    images = _draw_code_images(rng, digits, image_size)
+    audio = _make_note_sequences(rng, digits, audio_rate, audio_samples)
+    texts = _make_code_texts(rng, digits)
+    examples = [{"image": images[i], "audio": audio[i], "text": texts[i], "label": int(digits[i, 0])}
+                for i in range(num_examples)]
+    return examples, digits
+
+
+def _draw_code_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [n, size, size, 3]: the digits' glyphs in CODE_DIGITS fixed slots, each moved by
+    up to a pixel, with _draw_images' colours and noise."""
+    n, k = digits.shape
+    scale = max(1, size // (6 * k + 2))  # the glyphs of the k slots and their gaps fill the width
+    glyphs = GLYPHS.repeat(scale, axis=1).repeat(scale, axis=2)
+    gh, gw = glyphs.shape[1:]
+    slot = (size - 2) // k  # 1-pixel margins for the jitter
+    if slot < gw + 1 or gh + 2 > size:
+        raise ValueError(f"image_size={size} is too small for {k} glyphs of {gw} pixels; use >= {k * 6 + 2}")
+    mask = np.zeros((n, size, size), bool)
+    top = (size - gh) // 2
+    for j in range(k):
+        y = top + rng.integers(-1, 2, n)
+        x = 1 + j * slot + (slot - gw) // 2 + rng.integers(-1, 2, n)
+        rows = y[:, None, None] + np.arange(gh)[None, :, None]
+        cols = x[:, None, None] + np.arange(gw)[None, None, :]
+        mask[np.arange(n)[:, None, None], rows, cols] |= glyphs[digits[:, j]]
+    dark = rng.integers(0, 91, (n, 3))
+    light = rng.integers(165, 256, (n, 3))
+    light_ink = (rng.random(n) < 0.5)[:, None]
+    fg = np.where(light_ink, light, dark)[:, None, None, :]
+    bg = np.where(light_ink, dark, light)[:, None, None, :]
+    img = np.where(mask[..., None], fg, bg).astype(np.float32)
+    img += rng.normal(0.0, _PIXEL_NOISE, img.shape).astype(np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _make_note_sequences(rng: np.random.Generator, digits: np.ndarray, rate: int, samples: int) -> np.ndarray:
+    """float32 [n, samples]: the digits' notes one after another, each in its third of the
+    clip (random onset, duration, amplitude and phase within it, a little noise)."""
+    n, k = digits.shape
+    seg = samples // k
+    freqs = pitch_frequencies(rate)
+    out = np.zeros((n, samples), np.float32)
+    for j in range(k):
+        part, _ = _make_audio(rng, freqs[digits[:, j]], rate, seg)
+        out[:, j * seg:(j + 1) * seg] = part  # _make_audio's clips are silent past their length
+    return np.clip(out + rng.uniform(0.002, 0.01, (n, 1)) * rng.standard_normal(out.shape), -1, 1).astype(np.float32)
+
+
+def _make_code_texts(rng: np.random.Generator, digits: np.ndarray) -> list[str]:
+    """The code written out: 'code 7 3 1' (one of PAIRED_STATEMENTS, digits spaced)."""
+    q = rng.integers(0, len(PAIRED_STATEMENTS), len(digits))
+    return [PAIRED_STATEMENTS[q[i]].format(" ".join(str(d) for d in digits[i])) for i in range(len(digits))]
+
+
 def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
               num_examples: int = 0, task: str = "default") -> dict:
     """The spec.json of a synthetic split (contract format)."""
@@ -256,6 +338,8 @@ def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
         spec["tasks"] = ["multilabel"]
     elif task == "regression":  # no class labels: the target is the pitch
         spec.update(tasks=["regression"], target_size=1, num_classes=0, class_names=[])
+    elif task == "paired":  # the label is the code's first digit; the texts spell three digits
+        spec["modalities"]["text"]["max_bytes"] = PAIRED_TEXT_BYTES
     return spec
 
 

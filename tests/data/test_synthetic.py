@@ -208,3 +208,36 @@ def test_empty_counts_and_an_unwritable_cache_are_one_line(tmp_path):
         return
     with pytest.raises(ValueError, match="cannot write there"):
         synthetic.ensure_synthetic(str(tmp_path / "read_only"), _config_data())
+
+def test_paired_task_each_modality_carries_the_whole_instance_code():
+    """task='paired': every code once per split (<= 1000 examples); the text spells it, the
+    audio plays its digits' notes in its thirds, the image draws its glyphs in three slots."""
+    kw = dict(image_size=24, audio_rate=8000, audio_samples=1536)
+    examples, digits = synthetic.generate(1000, seed=4, task="paired", **kw)
+    codes = digits @ np.array([100, 10, 1])
+    assert sorted(codes) == list(range(1000))  # unique: one true partner per example
+    freqs = synthetic.pitch_frequencies(8000)
+    for ex, code in list(zip(examples, digits))[:200]:
+        assert ex["label"] == code[0]
+        assert ex["text"].lower() == "code " + " ".join(map(str, code))
+        assert len(ex["text"].encode()) <= synthetic.PAIRED_TEXT_BYTES <= 32
+        assert ex["audio"].shape == (1536,) and ex["image"].shape == (24, 24, 3)
+        for j, third in enumerate(np.split(ex["audio"], 3)):
+            peak = np.argmax(np.abs(np.fft.rfft(third, n=8192))) * 8000 / 8192
+            assert np.argmin(np.abs(freqs - peak)) == code[j]
+        grey = ex["image"].astype(np.float32).mean(-1)
+        ink = grey > (np.percentile(grey, 2) + np.percentile(grey, 98)) / 2
+        if ink.sum() > ink.size / 2:
+            ink = ~ink
+        slot = (24 - 2) // 3
+        for j in range(3):  # each slot holds exactly its digit's glyph
+            part = ink[:, 1 + j * slot:1 + (j + 1) * slot]
+            ys, xs = np.nonzero(part)
+            crop = part[ys.min():ys.min() + 7, xs.min():xs.min() + 5]
+            assert [d for d in range(10) if crop.shape == (7, 5) and (crop == synthetic.GLYPHS[d]).all()] == [code[j]]
+    again, _ = synthetic.generate(1000, seed=4, task="paired", **kw)
+    assert [codec.encode(e) for e in again[:20]] == [codec.encode(e) for e in examples[:20]]
+    spec = synthetic.make_spec(task="paired", **{**kw, "audio_samples": 1536})
+    assert spec["modalities"]["text"]["max_bytes"] == synthetic.PAIRED_TEXT_BYTES and spec["num_classes"] == 10
+    with pytest.raises(ValueError, match=r"image_size=16 is too small for 3 glyphs"):
+        synthetic.generate(2, seed=0, task="paired", image_size=16)

@@ -44,8 +44,9 @@ def test_entries_add_the_eval_without_shorthand_and_open_each_data_set_once(tiny
 
 def test_an_unknown_kind_names_the_entry(tiny_config):
     config = tiny_config()
-    config.evals.eval.kind = "zeroshot"
-    with pytest.raises(ValueError, match=r"config.evals.eval.kind='zeroshot' is not one of \['task', 'without_modality'\]"):
+    config.evals.eval.kind = "caption"
+    with pytest.raises(ValueError, match=r"config.evals.eval.kind='caption' is not one of \['task', 'without_modality', "
+                                         r"'retrieval', 'zeroshot', 'linear_probe'\]"):
         evaluators.build(config, context=None)  # refused before anything is compiled
 
 
