@@ -5,8 +5,7 @@ b. An example that lacks a or b (present_<m> false) is neither query nor candida
 pair. The rank of the true partner counts the candidates scoring strictly higher (ties go to
 the query), so recall@k = fraction of queries with fewer than k such candidates.
 
-Entry keys: pairs (empty: config.loss.contrastive_pairs if the schema has it, else
-(config.loss.contrastive_pair,)) and ks (default (1, 5, 10)).
+Entry keys: pairs (empty: the contrastive loss's pairs, mmjax.config.schema.contrastive_pairs) and ks (default (1, 5, 10)).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from mmjax.config.schema import contrastive_pairs
 from mmjax.evaluators.base import Context
 from mmjax.evaluators.embedding import PRESENT, EmbeddingEvaluator, normalise
 
@@ -24,8 +24,7 @@ def configured_pairs(cfg: ml_collections.ConfigDict, config: ml_collections.Conf
     """The entry's pairs, or the loss's."""
     if cfg.pairs:
         return tuple(tuple(p) for p in cfg.pairs)
-    pairs = config.loss.get("contrastive_pairs", ())  # entries (a, b) or (a, b, weight)
-    return tuple(tuple(p[:2]) for p in pairs) or (tuple(config.loss.contrastive_pair),)
+    return tuple((a, b) for a, b, _ in contrastive_pairs(config.loss)) or (tuple(config.loss.contrastive_pair),)
 
 
 class Retrieval(EmbeddingEvaluator):

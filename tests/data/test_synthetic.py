@@ -209,6 +209,7 @@ def test_empty_counts_and_an_unwritable_cache_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="cannot write there"):
         synthetic.ensure_synthetic(str(tmp_path / "read_only"), _config_data())
 
+
 def test_paired_task_each_modality_carries_the_whole_instance_code():
     """task='paired': every code once per split (<= 1000 examples); the text spells it, the
     audio plays its digits' notes in its thirds, the image draws its glyphs in three slots."""
