@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from mmjax import train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -21,7 +23,8 @@ def run_train(tiny_args):
     return run
 
 
-def test_train_writes_progress_metrics_tensorboard_checkpoints_then_rerun_does_nothing(tmp_path, run_train):
+def test_train_writes_progress_metrics_tensorboard_checkpoints_then_rerun_does_nothing(tmp_path, run_train, tiny_args,
+                                                                                     monkeypatch, capsys):
     root = tmp_path
     result = run_train(root / "run", root / "cache", "--config.mesh.data=2", "--config.mesh.fsdp=-1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -37,29 +40,46 @@ def test_train_writes_progress_metrics_tensorboard_checkpoints_then_rerun_does_n
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(root / "run" / "tensorboard"))
     assert sorted(os.listdir(root / "run" / "checkpoints")) == ["3", "6"]
 
+    # The same command again, in process (a second fresh process would only repeat the first's
+    # start-up): it finds the finished run and changes nothing.
     before = open(root / "run" / "metrics.jsonl").read()
-    result = run_train(root / "run", root / "cache")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "training already finished" in result.stdout
+    monkeypatch.setenv("MMJAX_CACHE", str(root / "cache"))
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
+    assert train.main(["mmjax.train", f"--workdir={root / 'run'}", *tiny_args, "--config.log_every=2"]) == 0
+    assert "training already finished" in capsys.readouterr().out
     assert open(root / "run" / "metrics.jsonl").read() == before
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [
-        ("--config.model.image.detph=2", "unknown key 'detph' in model.image"),
-        ("--config.modalities=('image','smell')", "config.modalities: 'smell' is not one of"),
-        ("--config.mesh.data=3", "config.mesh"),
-        ("--config.fusion.kind=nope", "nope"),
-        ("--config.batch_size=6", "config.batch_size=6 must be divisible"),
-        ("--config.data.train=/no/such/dir", "'/no/such/dir' is neither 'synthetic' nor a directory"),
-    ],
-)
-def test_user_errors_are_one_clear_line(tmp_path, run_train, flag, message):
+USER_ERRORS = [
+    ("--config.model.image.detph=2", "unknown key 'detph' in model.image"),
+    ("--config.modalities=('image','smell')", "config.modalities: 'smell' is not one of"),
+    ("--config.mesh.data=3", "config.mesh"),
+    ("--config.fusion.kind=nope", "nope"),
+    ("--config.batch_size=6", "config.batch_size=6 must be divisible"),
+    ("--config.data.train=/no/such/dir", "'/no/such/dir' is neither 'synthetic' nor a directory"),
+]
+
+
+def test_a_user_error_from_the_command_line_is_one_clear_line(tmp_path, run_train):
+    """One of them through a real process: exit status 2, the message, no traceback."""
+    flag, message = USER_ERRORS[0]
     result = run_train(tmp_path / "run", tmp_path / "cache", flag)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag, message", USER_ERRORS)
+def test_user_errors_are_one_clear_line(tmp_path, tiny_args, flag, message, monkeypatch, capsys):
+    """All of them through train.main in process (what python -m mmjax.train runs; an
+    exception other than a UserError would escape here and fail the test)."""
+    monkeypatch.setenv("MMJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
+    status = train.main(["mmjax.train", f"--workdir={tmp_path / 'run'}", *tiny_args, "--config.log_every=2", flag])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err, err
+    assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------- help, in process (fast)
@@ -96,8 +116,6 @@ def test_help_from_the_command_line_exits_0():
 
 
 def test_config_file_in_space_form_is_loaded(capsys, monkeypatch):
-    from mmjax import train
-
     monkeypatch.setenv("MMJAX_DISTRIBUTED", "off")
     status = train.main(["mmjax.train", "--config", os.path.join(ROOT, "configs", "seed.py"),
                          "--config.optim.kind=sgd", "--workdir=W"])
