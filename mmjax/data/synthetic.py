@@ -131,7 +131,13 @@ def _draw_images(rng: np.random.Generator, digits: np.ndarray, size: int) -> np.
     rows = y[:, None, None] + np.arange(gh)[None, :, None]
     cols = x[:, None, None] + np.arange(gw)[None, None, :]
     mask[np.arange(n)[:, None, None], rows, cols] = glyphs[digits]
-    # One colour dark, one light, chosen per channel: >= 75 levels apart in every channel.
+    return _ink(rng, mask)
+
+
+def _ink(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """uint8 [n, size, size, 3]: the glyph mask [n, size, size] in one colour on another, with
+    pixel noise. One colour dark, one light, chosen per channel: >= 75 levels apart in every channel."""
+    n = mask.shape[0]
     dark = rng.integers(0, 91, (n, 3))
     light = rng.integers(165, 256, (n, 3))
     light_ink = (rng.random(n) < 0.5)[:, None]
@@ -291,14 +297,7 @@ def _draw_code_images(rng: np.random.Generator, digits: np.ndarray, size: int) -
         rows = y[:, None, None] + np.arange(gh)[None, :, None]
         cols = x[:, None, None] + np.arange(gw)[None, None, :]
         mask[np.arange(n)[:, None, None], rows, cols] |= glyphs[digits[:, j]]
-    dark = rng.integers(0, 91, (n, 3))
-    light = rng.integers(165, 256, (n, 3))
-    light_ink = (rng.random(n) < 0.5)[:, None]
-    fg = np.where(light_ink, light, dark)[:, None, None, :]
-    bg = np.where(light_ink, dark, light)[:, None, None, :]
-    img = np.where(mask[..., None], fg, bg).astype(np.float32)
-    img += rng.normal(0.0, _PIXEL_NOISE, img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return _ink(rng, mask)
 
 
 def _make_note_sequences(rng: np.random.Generator, digits: np.ndarray, rate: int, samples: int) -> np.ndarray:
