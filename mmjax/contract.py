@@ -8,6 +8,8 @@ A batch is a dict of arrays with a leading batch dimension [B]:
     audio_length  int32   [B]         real samples of each waveform
     label         int32   [B]         classification; float32 [B, C] for multilabel
     target        float32 [B, T]      regression
+    target_tokens int32   [B, T]      generate: [BOS, ids..., EOS, pad...] (media.encode_target)
+    target_length int32   [B]         generate: real ids of target_tokens, BOS and EOS included
     present_<m>   bool    [B]         optional: is modality m there (absent key: all present)
     weight        float32 [B]         eval only: 0 for padding rows
 
@@ -30,15 +32,20 @@ PAD_ID = 0
 AUDIO_LENGTH = "audio_length"
 LABEL = "label"
 TARGET = "target"
+TARGET_TOKENS = "target_tokens"
+TARGET_LENGTH = "target_length"
 WEIGHT = "weight"
 
 # Objectives (config.loss.task); 'none' trains a contrastive loss only.
-LABELLED_TASKS = ("classification", "multilabel", "regression")
+# 'generate' trains a text decoder on each example's target text (teacher-forced).
+LABELLED_TASKS = ("classification", "multilabel", "regression", "generate")
 TASKS = (*LABELLED_TASKS, "none")
 # The batch key each labelled task reads its target from.
-TARGET_KEY = {"classification": LABEL, "multilabel": LABEL, "regression": TARGET}
-# The field a built data set stores it under (multilabel keeps a list of class ids).
-STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression": "target"}
+TARGET_KEY = {"classification": LABEL, "multilabel": LABEL, "regression": TARGET, "generate": TARGET_TOKENS}
+# The field a built data set stores it under (multilabel keeps a list of class ids; generate
+# keeps the raw string, tokenized by the pipeline with the run's tokenizer, as 'text' is).
+STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression": "target",
+                "generate": "target_text"}
 
 CONTRASTIVE = ("none", "sigmoid", "softmax")
 CONTRASTIVE_HEADS = ("mmjax", "clip", "siglip")  # config.loss.contrastive_head (models/heads.py HEAD_STYLES)

@@ -393,6 +393,13 @@ class ByteTokenizer:
     def ids(self, text: str, length: int) -> list[int] | np.ndarray:
         return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + OFFSET
 
+    plain_ids = ids  # no special tokens to leave out
+
+    def text_of(self, ids) -> str:
+        """Token ids (the tokenizer's own, no specials) -> text; bytes that are not UTF-8 become U+FFFD."""
+        data = np.asarray(ids, np.int64) - OFFSET
+        return bytes(data[(data >= 0) & (data < 256)].astype(np.uint8)).decode("utf-8", errors="replace")
+
 
 class SentencePieceTokenizer:
     """SentencePiece pieces + 2. The model is loaded lazily in each process that uses it,
@@ -427,6 +434,12 @@ class SentencePieceTokenizer:
 
     def ids(self, text: str, length: int) -> np.ndarray:
         return np.asarray(self._load().encode(text), np.int32) + OFFSET
+
+    plain_ids = ids
+
+    def text_of(self, ids) -> str:
+        pieces = [int(i) - OFFSET for i in ids if OFFSET <= int(i) < self.vocab_size]
+        return self._load().decode(pieces)
 
 
 class CheckpointTokenizer:
@@ -501,6 +514,31 @@ class CheckpointTokenizer:
             return impl.encode(text).ids
         return impl.encode(self.normalise(text))[: length - 1] + [self.eos_id]
 
+    def plain_ids(self, text: str, length: int = 0) -> list[int]:
+        """The text's ids without the special tokens `ids` adds (CLS/SEP, BOS/EOS)."""
+        impl = self._load()
+        if self.kind == "json":
+            impl.no_truncation()
+            return impl.encode(text, add_special_tokens=False).ids
+        return impl.encode(self.normalise(text))
+
+    def special_id(self, *keys: str) -> int | None:
+        """The id of the first of tokenizer_config.json's `keys` (e.g. 'bos_token', 'cls_token') it names."""
+        for key in keys:
+            token = self.config.get(key)
+            if isinstance(token, dict):  # a serialised AddedToken
+                token = token.get("content")
+            if token:
+                found = self._load().token_to_id(token) if self.kind == "json" else self._load().piece_to_id(token)
+                if found is not None:
+                    return int(found)
+        return None
+
+    def text_of(self, ids) -> str:
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        impl = self._load()
+        return impl.decode(ids, skip_special_tokens=True) if self.kind == "json" else impl.decode(ids)
+
     def encode(self, texts: list[str], length: int | None = None) -> np.ndarray:
         """int32 [B, length] (default: the tokenizer's model_max_length)."""
         return np.stack([tokenize(t, length or self.max_length, self) for t in texts])
@@ -527,3 +565,64 @@ def tokenize(text: str, length: int, tokenizer=None) -> np.ndarray:
     tokens = np.full(length, tokenizer.pad_id, np.int32)
     tokens[: len(ids)] = ids
     return tokens
+
+
+# ================================================================ target text (config.loss.task='generate')
+# A decoder reads and writes its tokenizer's ids plus a begin and an end token. mmjax's own
+# layouts (bytes, SentencePiece) have none, so they get the two ids after the vocabulary; a
+# checkpoint's tokenizer uses its own (bos/cls, eos/sep), or the same two new ids if it lacks them.
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetVocab:
+    size: int  # every id the decoder's output layer needs
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+
+def target_vocab(tokenizer=None) -> TargetVocab:
+    """The decoder vocabulary of `tokenizer` (default bytes: 260 ids, BOS 258, EOS 259)."""
+    tokenizer = tokenizer or ByteTokenizer()
+    size = int(tokenizer.vocab_size)
+    bos = eos = None
+    if not tokenizer.offset:
+        bos = tokenizer.special_id("bos_token", "cls_token")
+        eos = tokenizer.special_id("eos_token", "sep_token")
+    if bos is None or eos is None or bos == eos:
+        bos, eos, size = size, size + 1, size + 2
+    return TargetVocab(size=size, bos_id=int(bos), eos_id=int(eos), pad_id=int(tokenizer.pad_id))
+
+
+def encode_target(text: str, length: int, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    """A target text -> (int32 [length] = [BOS, ids..., EOS, pad...], int32 real-id count).
+
+    A text too long for `length` keeps its first length - 2 ids and still ends with EOS."""
+    if not isinstance(text, str):
+        raise ValueError(f"'target_text' must be a str, got {type(text).__name__}")
+    if length < 2:
+        raise ValueError(f"a target length of {length} leaves no room for the begin and end tokens; use >= 2")
+    tokenizer = tokenizer or ByteTokenizer()
+    vocab = target_vocab(tokenizer)
+    ids = [int(i) for i in tokenizer.plain_ids(text, length)][: length - 2]
+    tokens = np.full(length, vocab.pad_id, np.int32)
+    tokens[: len(ids) + 2] = [vocab.bos_id, *ids, vocab.eos_id]
+    return tokens, np.asarray(len(ids) + 2, np.int32)
+
+
+def target_tokens_needed(text: str, tokenizer=None) -> int:
+    """How long target_tokens must be to hold `text` uncut (its ids + BOS + EOS)."""
+    tokenizer = tokenizer or ByteTokenizer()
+    return len(tokenizer.plain_ids(text, len(text.encode("utf-8")) + 16)) + 2
+
+
+def decode_target(ids, tokenizer=None) -> str:
+    """Generated ids -> text: a leading BOS dropped, everything from the first EOS on cut."""
+    tokenizer = tokenizer or ByteTokenizer()
+    vocab = target_vocab(tokenizer)
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if ids and ids[0] == vocab.bos_id:
+        ids = ids[1:]
+    if vocab.eos_id in ids:
+        ids = ids[: ids.index(vocab.eos_id)]
+    return tokenizer.text_of([i for i in ids if i not in (vocab.bos_id, vocab.pad_id)])
