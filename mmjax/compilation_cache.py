@@ -1,7 +1,8 @@
 """The persistent XLA compilation cache (config.compile_cache): a resumed run, after a
 preemption or a crash, loads its compiled programs from disk instead of compiling again.
 
-'auto' puts the cache in $MMJAX_CACHE/compile when MMJAX_CACHE is set (each host's local
+'auto' keeps a cache jax already has (JAX_COMPILATION_CACHE_DIR, or jax.config set by the
+caller), else puts it in $MMJAX_CACHE/compile when MMJAX_CACHE is set (each host's local
 disk), else in WORKDIR/compile_cache; 'off' disables it; anything else is a directory.
 jax keys each entry by the program, the devices, the flags and the jax version, so a
 changed config or topology simply misses. Every program is cached (the minimum compile
@@ -26,6 +27,8 @@ def directory(setting: str, workdir: str) -> str | None:
         return None
     if setting != "auto":
         return setting
+    if jax.config.jax_compilation_cache_dir:  # the user's (or a test session's) own choice wins
+        return jax.config.jax_compilation_cache_dir
     root = os.environ.get("MMJAX_CACHE")
     return os.path.join(root, "compile") if root else os.path.join(workdir, "compile_cache")
 

@@ -49,6 +49,7 @@ STORED_FIELD = {"classification": "label", "multilabel": "labels", "regression":
 
 CONTRASTIVE = ("none", "sigmoid", "softmax")
 CONTRASTIVE_HEADS = ("mmjax", "clip", "siglip")  # config.loss.contrastive_head (models/heads.py HEAD_STYLES)
+CONTRASTIVE_POOLS = ("mean", "map")  # config.loss.contrastive_pool (contrastive_head 'mmjax')
 CHUNKED = ("auto", "yes", "no")  # config.loss.contrastive_chunked (mmjax/contrastive.py)
 # config.fusion.balance: modality balancing (mmjax/trainer/balance.py); both methods read
 # the per-modality heads (config.fusion.aux_weight > 0).

@@ -14,13 +14,24 @@ from mmjax import compilation_cache, metrics, train
 from mmjax.config import UserError
 
 
-def test_compile_cache_directory_follows_the_setting(monkeypatch):
+@pytest.fixture
+def jax_cache_dir():
+    """Sets jax's own cache directory for one test (the test session has one), then restores it."""
+    before = jax.config.jax_compilation_cache_dir
+    yield lambda path: jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_compile_cache_directory_follows_the_setting(monkeypatch, jax_cache_dir):
+    jax_cache_dir(None)
     monkeypatch.delenv("MMJAX_CACHE", raising=False)
     assert compilation_cache.directory("auto", "W") == os.path.join("W", "compile_cache")
     monkeypatch.setenv("MMJAX_CACHE", "/c")
     assert compilation_cache.directory("auto", "W") == "/c/compile"
     assert compilation_cache.directory("off", "W") is None and compilation_cache.directory("", "W") is None
     assert compilation_cache.directory("/mine", "W") == "/mine"
+    jax_cache_dir("/jax")  # as JAX_COMPILATION_CACHE_DIR=/jax does
+    assert compilation_cache.directory("auto", "W") == "/jax" and compilation_cache.directory("/mine", "W") == "/mine"
 
 
 def test_compile_cache_stores_small_cpu_programs_and_restores_jax_settings(tmp_path):

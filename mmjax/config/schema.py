@@ -19,8 +19,8 @@ from typing import Any
 
 import ml_collections
 
-from mmjax.contract import (BALANCE, CHUNKED, CONTRASTIVE, CONTRASTIVE_HEADS, DTYPES, MODALITIES, OGM_TASKS, OPTIMIZERS,
-                            REMAT_POLICIES, TASKS)
+from mmjax.contract import (BALANCE, CHUNKED, CONTRASTIVE, CONTRASTIVE_HEADS, CONTRASTIVE_POOLS, DTYPES, MODALITIES,
+                            OGM_TASKS, OPTIMIZERS, REMAT_POLICIES, TASKS)
 
 
 class UserError(Exception):
@@ -491,6 +491,10 @@ SCHEMA = Group("the run", dict(
         contrastive_weight=Key(1.0, "weight of the contrastive loss", check=positive),
         contrastive_dim=Key(64, "contrastive embedding size (not used by contrastive_head 'siglip')",
                             check=positive_int),
+        contrastive_pool=Key("mean", "contrastive_head 'mmjax': how each modality's tokens become one vector: "
+                                     "'mean' (masked mean) or 'map' (a learned attention probe, as SigLIP's "
+                                     "vision head: it can keep where in the sequence things are)",
+                             choices=CONTRASTIVE_POOLS),
         contrastive_head=Key("mmjax", "'mmjax': each encoder's masked-mean tokens -> LayerNorm -> Dense(contrastive_dim), "
                                       "temperature capped at 100; 'clip': the tower's pooled output -> Dense without "
                                       "bias; 'siglip': the tower's pooled output itself (a CLIP / SigLIP checkpoint "
@@ -635,6 +639,10 @@ def _check_across_keys(config) -> None:
             _fail("loss.task", "'none' with config.loss.contrastive 'none' leaves nothing to train")
         if config.eval_without or any(e.kind == "without_modality" for e in config.evals.values()):
             _fail("eval_without", "needs a task loss (config.loss.task is 'none')")
+    if config.loss.contrastive_pool != "mean" and config.loss.contrastive_head != "mmjax":
+        _fail("loss.contrastive_pool", f"{config.loss.contrastive_pool!r} is for contrastive_head 'mmjax'; the "
+              f"{config.loss.contrastive_head!r} head reads the towers' own pooled outputs (set "
+              "config.model.<m>.pooling instead)")
     _check_balance(config)
     for m in config.modalities:
         tower = config.model[m]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models import layers
+from mmjax.models import layers, pooling
 
 # Initial (temperature, bias) of the contrastive logits, as in SigLIP (sigmoid) and CLIP
 # (softmax). Softmax over a row is unchanged by a constant bias, so only sigmoid learns one.
@@ -79,13 +80,21 @@ class ContrastiveHead(nn.Module):
     dim: int
     kind: str = "sigmoid"
     style: str = "mmjax"  # HEAD_STYLES
+    pool: str = "mean"  # style 'mmjax': 'mean' or 'map' (contract.CONTRASTIVE_POOLS)
+    heads: int = 4  # pool='map': the probe's attention heads
 
     @nn.compact
-    def __call__(self, pooled: Mapping[str, jax.Array]) -> dict:
+    def __call__(self, pooled: Mapping[str, Any]) -> dict:
+        """pooled: {modality: [B, D]}, or for pool='map' {modality: (tokens [B, N, D], mask [B, N])}."""
         style = HEAD_STYLES[self.style]
         embeddings = {}
         for name in self.modalities:
-            x = pooled[name].astype(jnp.float32)
+            x = pooled[name]
+            if self.pool == "map":  # a learned probe per head can pick out one place of the sequence
+                tokens, mask = x
+                x = pooling.Pool("map", heads=self.heads, mlp=2 * tokens.shape[-1], dtype=tokens.dtype,
+                                 name=f"{name}_map")(tokens, mask)
+            x = x.astype(jnp.float32)
             if style.norm:
                 x = layers.layer_norm(jnp.float32, f"{name}_ln")(x)
             if style.proj:

@@ -92,7 +92,12 @@ class MultimodalClassifier(nn.Module):
         logits = self.head(self.fusion(features, train=train))
         extras: dict[str, Any] = {"present": {m: keep[:, i] for i, m in enumerate(names)}}
         if self.contrastive is not None:  # also without aux, so init creates its parameters
-            pooled = tower_pooled or {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
+            if tower_pooled:
+                pooled = tower_pooled
+            elif self.contrastive.pool == "map":
+                pooled = {m: features[m] for m in self.contrastive.modalities}
+            else:
+                pooled = {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
             extras.update(self.contrastive(pooled))
         if self.unimodal is not None:  # likewise: the heads exist whether or not aux is asked for
             extras["unimodal"] = self.unimodal({m: layers.masked_mean(*features[m]) for m in self.unimodal.modalities})
@@ -114,7 +119,7 @@ def contrastive_head(config: Any) -> ContrastiveHead | None:
                                  f"config.model.{m} (kind={sub.kind!r}) has none; set config.model.{m}.pooling "
                                  "(vit / transformer towers) or use contrastive_head='mmjax'")
     return ContrastiveHead(modalities=contrastive_modalities(loss), dim=int(loss.contrastive_dim),
-                           kind=str(loss.contrastive), style=style)
+                           kind=str(loss.contrastive), style=style, pool=str(loss.contrastive_pool))
 
 
 def unimodal_heads(config: Any, num_classes: int) -> UnimodalHeads | None:

@@ -227,3 +227,31 @@ def test_cnn_lstm_model_on_mesh_matches_single_device():
     assert params["image"]["conv_0"]["kernel"].value.sharding.spec == PartitionSpec(None, None, None, "fsdp")
     assert params["text"]["lstm"]["input_kernel"].value.sharding.spec == PartitionSpec("fsdp", None, "tensor")
     np.testing.assert_allclose(logits, reference, atol=1e-5)
+
+
+def test_map_pooled_contrastive_embeddings_ignore_padding_and_have_their_own_probes():
+    """loss.contrastive_pool='map': a learned attention probe per modality replaces the masked
+    mean; it reads only valid tokens, so padding leaves the embeddings unchanged."""
+    config = tiny_config()
+    config.loss.update(dict(contrastive="sigmoid", contrastive_pool="map",
+                            contrastive_pairs=(("image", "text"), ("audio", "text"))))
+    model = build_model(config, NUM_CLASSES)
+    full, short = make_batch(config), make_batch(config, text_length=8, audio_samples=448)
+    variables = jax.jit(init, static_argnums=0)(model, full)
+    head = variables["params"]["contrastive"]
+    assert {f"{m}_map" for m in ("image", "text", "audio")} <= set(head)
+    embed = jax.jit(lambda v, b: model.apply(v, b, train=False, aux=True)[1]["embeddings"])
+    got, padded_less = embed(variables, full), embed(variables, short)
+    for m in ("image", "text", "audio"):
+        np.testing.assert_allclose(np.linalg.norm(got[m], axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(padded_less[m], got[m], atol=1e-5)
+    config.loss.contrastive_pool = "mean"  # the default: no probe
+    mean_head = jax.eval_shape(lambda: init(build_model(config, NUM_CLASSES), full))["params"]["contrastive"]
+    assert not any(k.endswith("_map") for k in mean_head)
+
+
+def test_map_pooling_is_for_the_mmjax_head_only():
+    config = tiny_config()
+    config.loss.update(dict(contrastive="sigmoid", contrastive_pool="map", contrastive_head="clip"))
+    with pytest.raises(schema.UserError, match=r"config.loss.contrastive_pool: 'map' is for contrastive_head 'mmjax'"):
+        schema.validate(config)
