@@ -5,6 +5,7 @@
         --variants="default;model.dtype=bfloat16;model.remat=full;model.scan=true;batch_size=64"
     flags: --steps=10 (timed steps per round) --warmup=2 --rounds=3 --torch=auto|off
            --threads=0 (all cores) | 1 (one thread each for XLA and torch: see limit_threads)
+           --train_steps=0 | N: also time the training command itself (below)
 
 Each variant is the config plus comma-separated `key=value` overrides (any config key;
 'default' is none). Every variant's step is compiled ahead of time on this machine's
@@ -18,14 +19,26 @@ from the analytic FLOPs (mmjax/flops.py) against the device peak (mmjax/hardware
 compile time and peak memory (device memory_stats; on CPU the process's peak RSS, which
 only grows). "CPU s/step" is the process's CPU time per step (all threads): on a shared
 machine it moves less than wall time. The last line says how many CPUs other processes
-kept busy while timing. It prints; it never asserts a timing.
+kept busy while timing. The first line names the CPU model and its vector / matrix flags
+(mmjax.hardware.cpu_summary): a speed ratio holds for one CPU model.
+
+--train_steps=N then runs the training command itself on the first variant's config
+(`python -m mmjax.train --config=... --config.total_steps=N`, in a fresh process on the
+synthetic task) between the timing rounds, and prints the median train/examples_per_sec of
+its metrics.jsonl (the windows after the first, which holds the warm-up) beside the
+fixed-batch step and the PyTorch eager baseline, with a warning when the command and the
+fixed-batch step differ by more than 5%: the two must never disagree unnoticed. It prints;
+it never asserts a timing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,7 +52,9 @@ from mmjax import config as config_lib  # noqa: E402
 from mmjax import flops, hardware, sharding, trainer  # noqa: E402
 from mmjax.models.multimodal import build_model, count_params  # noqa: E402
 
-FLAGS = {"variants": "default", "steps": "10", "warmup": "2", "rounds": "3", "torch": "auto", "threads": "0"}
+FLAGS = {"variants": "default", "steps": "10", "warmup": "2", "rounds": "3", "torch": "auto", "threads": "0",
+         "train_steps": "0"}
+AGREE = 0.05  # the training command and the fixed-batch step should agree this closely
 
 
 def limit_threads(threads: int) -> None:
@@ -64,8 +79,32 @@ def parse(argv: list[str]):
         config = config_lib.load_config_file(spec)
         config_lib.apply_overrides(config, {**overrides, **extra})
         config_lib.validate(config)
-        variants.append((text or "default", config))
+        variants.append((text or "default", config, {**overrides, **extra}))
     return spec, variants, opts
+
+
+class TrainCommand:
+    """The training command on a variant's config, timed by its own metrics.jsonl."""
+
+    def __init__(self, spec: str, overrides: dict, steps: int, log_every: int):
+        self.spec, self.overrides, self.steps, self.log_every = spec, overrides, steps, log_every
+        self.rates: list[float] = []
+
+    def run(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="mmjax-bench-train-") as workdir:
+            args = [sys.executable, "-m", "mmjax.train", f"--config={self.spec}", f"--workdir={workdir}",
+                    *(f"--config.{k}={v}" for k, v in self.overrides.items()),
+                    f"--config.total_steps={self.steps}", f"--config.log_every={self.log_every}",
+                    f"--config.eval_every={self.steps}", f"--config.checkpoint_every={self.steps}",
+                    f"--config.optim.warmup_steps={min(self.log_every, self.steps - 1)}", "--config.compile_cache=off"]
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+            done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"the training command failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+            with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        self.rates += [r["train/examples_per_sec"] for r in rows if "train/examples_per_sec" in r][1:]
 
 
 class JaxVariant:
@@ -154,12 +193,12 @@ def main(argv: list[str]) -> int:
     steps, warmup, rounds = int(opts["steps"]), int(opts["warmup"]), int(opts["rounds"])
     peak = hardware.peak_flops_per_device(variants[0][1])
     devices = jax.devices()
+    print(f"CPU: {hardware.cpu_summary()}", flush=True)
     print(f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), peak "
-          f"{peak.flops / 1e9:,.0f} GFLOP/s per device ({peak.source}); jax {jax.__version__}; "
-          f"{os.cpu_count()} CPUs", flush=True)
+          f"{peak.flops / 1e9:,.0f} GFLOP/s per device ({peak.source}); jax {jax.__version__}", flush=True)
 
     runs: list = []
-    for name, config in variants:
+    for name, config, _ in variants:
         v = JaxVariant(name, config)
         v.memory = peak_memory()
         runs.append(v)
@@ -179,12 +218,20 @@ def main(argv: list[str]) -> int:
         print(f"{torch_run.name}: {torch_run.params:,} parameters, {torch_run.threads} threads", flush=True)
 
     everyone = runs + ([torch_run] if torch_run else [])
+    train_steps = int(opts["train_steps"])
+    command = None
+    if train_steps:
+        _, first, first_overrides = variants[0]
+        command = TrainCommand(spec, first_overrides, train_steps, max(1, min(int(first.log_every), train_steps // 3)))
     for v in everyone:
         v.run(warmup, record=False)
     load_start, busy, own, wall = os.getloadavg()[0], _machine_busy_seconds(), _cpu_seconds(), time.perf_counter()
     for r in range(rounds):  # interleaved: each round runs every variant once
         for v in everyone:
             v.run(steps)
+        if command and r == (rounds - 1) // 2:  # in the middle, so drift on a shared machine hits both
+            print(f"training command: {train_steps} steps ...", flush=True)
+            command.run()
         print(f"round {r + 1}/{rounds} done", flush=True)
     load_end = os.getloadavg()[0]
     wall = time.perf_counter() - wall
@@ -209,14 +256,31 @@ def main(argv: list[str]) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
+    torch_rate = reference.batch_size / float(np.median(torch_run.times)) if torch_run else None
     if torch_run:
-        torch_median = float(np.median(torch_run.times))
         for v in runs:
-            ratio = (v.config.batch_size / float(np.median(v.times))) / (reference.batch_size / torch_median)
+            ratio = (v.config.batch_size / float(np.median(v.times))) / torch_rate
             print(f"{v.name}: {ratio:.2f}x PyTorch eager examples/s")
+    if command:
+        print(command_line(command, runs[0].config.batch_size / float(np.median(runs[0].times)), torch_rate))
     print(f"{rounds} rounds x {steps} steps each, interleaved; load average {load_start:.1f} -> {load_end:.1f}; "
           f"other processes used {others:.1f} of the {os.cpu_count()} CPUs while timing")
     return 0
+
+
+def command_line(command: TrainCommand, step_rate: float, torch_rate: float | None) -> str:
+    """The training command's figure next to the fixed-batch step's (and torch's)."""
+    if not command.rates:
+        return f"training command: too few log windows in {command.steps} steps to time it; raise --train_steps"
+    rate = float(np.median(command.rates))
+    gap = rate / step_rate - 1.0
+    text = (f"training command (python -m mmjax.train, metrics.jsonl, median of {len(command.rates)} windows): "
+            f"{rate:,.1f} examples/s; fixed-batch step {step_rate:,.1f} ({gap:+.1%})")
+    if torch_rate:
+        text += f"; {rate / torch_rate:.2f}x PyTorch eager"
+    if abs(gap) > AGREE:
+        text += f"\nWARNING: the training command and the fixed-batch step differ by more than {AGREE:.0%}"
+    return text
 
 
 def _is_reference_model(config) -> bool:

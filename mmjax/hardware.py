@@ -77,6 +77,32 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The /proc/cpuinfo flags that decide how fast XLA:CPU's kernels can be: vector width and the
+# bf16 / int8 dot-product and matrix (AMX) units.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+               "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo 'flags', or 'Features' on ARM); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_summary() -> str:
+    """'<model name>; <its SPEED_FLAGS>' (e.g. 'AMD EPYC; avx2 fma avx512f ... avx512_bf16'): what
+    a CPU speed figure must be quoted with, since the same code runs at different ratios elsewhere."""
+    flags = cpu_flags()
+    have = [f for f in SPEED_FLAGS if f in flags]
+    return f"{_cpu_name()}; {' '.join(have) or 'none of ' + ' '.join(SPEED_FLAGS[:4])}; {os.cpu_count()} CPUs"
+
+
 def _cache_path(cache_dir: str = "") -> str:
     root = cache_dir or os.environ.get("MMJAX_CACHE") or os.path.expanduser("~/.cache/mmjax")
     return os.path.join(root, "peak_flops.json")

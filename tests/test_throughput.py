@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mmjax import train
+from mmjax import hardware, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -38,8 +38,8 @@ def test_prefetch_does_not_change_the_losses(tiny_config, tmp_path):
     assert losses[0] == losses[2] and len(losses[0]) == 4
 
 
-def run_bench(script, *args, timeout=600):
-    result = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, env=BENCH_ENV,
+def run_bench(script, *args, timeout=600, env=None):
+    result = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=ROOT, env=env or BENCH_ENV,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -50,11 +50,28 @@ TINY = ["--config=configs/base.py", "--config.model.image.depth=1", "--config.mo
         "--config.peak_tflops=0.1", "--steps=1", "--warmup=0", "--rounds=1"]
 
 
-def test_train_step_bench_prints_a_table_for_each_variant():
-    out = run_bench("train_step.py", *TINY, "--variants=default;model.attention=dpa,model.unroll=no")
+def test_train_step_bench_prints_a_table_for_each_variant_and_times_the_training_command(tmp_path):
+    out = run_bench("train_step.py", *TINY, "--variants=default;model.attention=dpa,model.unroll=no",
+                    "--train_steps=6", "--config.data.synthetic.num_train=64", "--config.data.synthetic.num_eval=16",
+                    env=dict(BENCH_ENV, MMJAX_CACHE=str(tmp_path)))
     assert "| variant" in out and "| default" in out and "| model.attention=dpa,model.unroll=no" in out
     assert "MFU" in out and "CPU s/step" in out
     assert "no PyTorch column" in out  # base.py is not the reference model
+    assert f"CPU: {hardware.cpu_summary()}" in out  # the model name and its vector / matrix flags
+    line = next(x for x in out.splitlines() if x.startswith("training command (python -m mmjax.train"))
+    assert "median of 2 windows" in line and "examples/s; fixed-batch step" in line
+
+
+def test_the_bench_warns_when_the_training_command_and_the_step_disagree():
+    sys.path.insert(0, ROOT)
+    from bench import train_step
+
+    command = train_step.TrainCommand("configs/bench.py", {}, 30, 10)
+    command.rates = [9.0, 10.0, 11.0]
+    agree = train_step.command_line(command, step_rate=10.2, torch_rate=8.0)
+    assert "10.0 examples/s; fixed-batch step 10.2 (-2.0%); 1.25x PyTorch eager" in agree and "WARNING" not in agree
+    assert "WARNING: the training command and the fixed-batch step differ by more than 5%" in \
+        train_step.command_line(command, step_rate=11.0, torch_rate=None)
 
 
 def test_train_step_bench_without_torch_skips_its_column(monkeypatch, capsys):
@@ -84,3 +101,50 @@ def test_peak_flops_and_checkpoint_stall_benches_run():
     assert "| jax float32 |" in out and "GFLOP/s" in out
     out = run_bench("checkpoint_stall.py", *[a for a in TINY if a.startswith("--config")], "--steps=1", "--saves=1")
     assert "device-to-host copy of the state" in out and "| 1 |" in out
+
+
+def test_step_profile_sorts_every_executed_op_into_a_kind():
+    out = run_bench("step_profile.py", *[a for a in TINY if not a.startswith(("--warmup", "--rounds", "--steps"))],
+                    "--steps=1", "--top=5")
+    assert f"CPU: {hardware.cpu_summary()}" in out
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| ")}
+    # The default model has attention, matmuls, LayerNorms and AdamW: each kind shows up with its time.
+    for kind in ("optimizer update", "attention", "matmuls", "normalisation"):
+        assert kind in rows, out
+    shares = [float(line.split(" | ")[2].rstrip("%")) for k, line in rows.items() if k in
+              ("optimizer update", "log-mel front end", "copies / transposes", "attention", "matmuls",
+               "normalisation", "GELU", "other")]
+    assert abs(sum(shares) - 100.0) < 0.5
+
+
+def test_step_profile_kinds_follow_the_name_stack():
+    sys.path.insert(0, ROOT)
+    from bench import step_profile
+
+    fwd, bwd = "jit(train_step)/jvp(M)/image/layers/", "jit(train_step)/transpose(jvp(M))/image/layers/"
+    assert step_profile.kind_of([("dot", fwd + "attn/bnts,bnsh->bnth/dot_general")]) == "attention"
+    assert step_profile.kind_of([("dot", fwd + "attn/attn._fused_qkv/btd,dcnh->cbtnh/dot_general")]) == "matmuls"
+    assert step_profile.kind_of([("dot", bwd + "mlp/wi/dot_general")]) == "matmuls"
+    assert step_profile.kind_of([("multiply", fwd + "ln_1/mul"), ("reduce", fwd + "ln_1/reduce_sum")]) == \
+        "normalisation"
+    assert step_profile.kind_of([("transpose", bwd + "attn/x/transpose"), ("copy", "")]) == "copies / transposes"
+    assert step_profile.kind_of([("multiply", "jit(train_step)/mul"), ("add", "jit(train_step)/add")]) == \
+        "optimizer update"
+    assert step_profile.kind_of([("tanh", fwd + "mlp/tanh")]) == "GELU"
+    assert step_profile.direction([("dot", bwd + "mlp/wi/dot_general")]) == "backward"
+    hlo = """HloModule m
+
+%fused_computation (p: f32[2,2]) -> f32[2,2] {
+  %p = f32[2,2]{1,0} parameter(0)
+  ROOT %t.1 = f32[2,2]{1,0} tanh(%p), metadata={op_name="jit(f)/jvp(M)/mlp/tanh"}
+}
+
+ENTRY %main (a: f32[2,2]) -> f32[2,2] {
+  %a = f32[2,2]{1,0} parameter(0)
+  ROOT %fusion.7 = f32[2,2]{1,0} fusion(%a), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(f)/jvp(M)/mlp/tanh"}
+}
+"""
+    instructions, computations = step_profile.parse_hlo(hlo)
+    assert instructions["fusion.7"][0] == "fusion" and instructions["fusion.7"][2] == "fused_computation"
+    assert step_profile._leaves("fusion.7", instructions, computations) == [("parameter", ""),
+                                                                            ("tanh", "jit(f)/jvp(M)/mlp/tanh")]
