@@ -148,3 +148,10 @@ ENTRY %main (a: f32[2,2]) -> f32[2,2] {
     assert instructions["fusion.7"][0] == "fusion" and instructions["fusion.7"][2] == "fused_computation"
     assert step_profile._leaves("fusion.7", instructions, computations) == [("parameter", ""),
                                                                             ("tanh", "jit(f)/jvp(M)/mlp/tanh")]
+
+
+def test_xla_flags_bench_times_each_set_in_its_own_process_and_names_a_rejected_flag():
+    out = run_bench("xla_flags.py", *[a for a in TINY if a.startswith("--config")], "--rounds=1", "--steps=1",
+                    "--sets=default;--xla_no_such_flag=1")
+    assert "| `default` |" in out and "| 1.00x |" in out
+    assert "| `--xla_no_such_flag=1` | - | - | rejected: " in out and "Unknown flag in XLA_FLAGS" in out
