@@ -1,4 +1,5 @@
 """Config loading, overrides and validation: every mistake names the key to fix."""
+import os
 import sys
 
 import pytest
@@ -8,6 +9,7 @@ from mmjax.config import UserError, cli, schema
 from mmjax.data import synthetic
 
 BASE = "configs/base.py"
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def load(**overrides):
@@ -257,3 +259,16 @@ def test_config_help_lists_every_key_with_its_default():
     for key in ("kind", "data", "every", "prefix", "modalities"):
         assert f"evals.NAME.{key} = " in text
     assert "[model.audio]" in text and "[loss]" in text
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith(".py")))
+def test_every_shipped_config_loads_and_validates(name):
+    config_lib.validate(config_lib.load_config_file(os.path.join(CONFIGS, f"{name}.py")))
+
+
+def test_the_contrastive_config_trains_all_three_pairs_through_attention_probes():
+    config = config_lib.load_config_file(os.path.join(CONFIGS, "contrastive.py"))
+    assert schema.contrastive_pairs(config.loss) == (("image", "text", 1.0), ("audio", "text", 1.0),
+                                                     ("image", "audio", 1.0))
+    assert config.loss.contrastive == "sigmoid" and config.loss.contrastive_pool == "map"
+    assert config.data.synthetic.task == "paired" and config.evals.retrieval.kind == "retrieval"
