@@ -115,3 +115,20 @@ def test_train_on_tfds(tiny_config, data_dir, tmp_path):
                          checkpoint_every=3)
     result = train.train(config, str(tmp_path / "run"))
     assert config.modalities == ("image",) and 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+def test_a_text_feature_maps_to_target_text_for_generate(data_dir):
+    """features 'target_text=caption': stored strings, task generate, with or without a label."""
+    both = sources.open_source("tfds:mmjax_test_tiny", "train",
+                               _config(data_dir, features="audio=wave,label=kind,target_text=caption").data)
+    assert both.spec["tasks"] == ["classification", "generate"] and both.spec["target_text"] == {"max_tokens": 0}
+    rec = both.records[3]
+    assert rec["target_text"].startswith("example ") and "text" not in rec
+    assert rec["label"] == int(rec["target_text"].split()[1]) % 3
+    alone = sources.open_source("tfds:mmjax_test_tiny", "eval",
+                                _config(data_dir, features="image=img,target_text=caption").data)
+    assert alone.spec["tasks"] == ["generate"] and alone.spec["num_classes"] == 0
+    assert sorted(alone.records[i]["target_text"] for i in range(5)) == [f"example {i}" for i in range(100, 105)]
+    assert "label" not in alone.records[0]
+    with pytest.raises(ValueError, match="the target_text feature 'kind' must be a Text feature, it is ClassLabel"):
+        sources.open_source("tfds:mmjax_test_tiny", "train", _config(data_dir, features="image=img,target_text=kind").data)
