@@ -359,7 +359,8 @@ SCHEMA = Group("the run", dict(
             data_dir=Key("", "TFDS data directory ('': TFDS's default)"),
             train_split=Key("train", "split read for data.train"),
             eval_split=Key("test", "split read for data.eval"),
-            features=Key("", "mmjax name -> the data set's feature, e.g. 'image=img,label=digit'"),
+            features=Key("", "mmjax name -> the data set's feature, e.g. 'image=img,label=digit' "
+                             "('target_text=caption': a Text feature as loss.task 'generate''s target)"),
             audio_rate=Key(0, "sample rate of a Tensor audio feature (0: already data.audio_rate)",
                            check=at_least_zero),
         )),
