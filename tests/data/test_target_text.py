@@ -7,6 +7,7 @@ import wave
 import numpy as np
 import pytest
 
+import digits
 from mmjax import media
 from mmjax.data import build, codec, sources
 from mmjax.data.format import validate_spec
@@ -105,3 +106,16 @@ def test_the_spec_check_wants_target_text_counts_for_generate():
         with pytest.raises(ValueError, match="'target_text'"):
             validate_spec({**spec, "target_text": bad})
     assert validate_spec({**spec, "target_text": {"max_tokens": 0}})["target_text"] == {"max_tokens": 0}
+
+
+@pytest.mark.skipif(digits.SHARED is None, reason="../shared/data is absent (set MMJAX_SHARED_DATA)")
+def test_digits_words_manifest_builds_audio_only_with_the_spoken_word(tmp_path):
+    """tests/data/digits.py --target_text's rows: FSDD recordings, target_text = label = the word."""
+    wavs = digits.recordings(speakers=("jackson",), max_index=1)  # one recording per digit
+    manifest = digits.write_words(tmp_path, "train", wavs)
+    spec = _build(manifest, tmp_path / "ds")
+    assert spec["tasks"] == ["classification", "generate"] and set(spec["modalities"]) == {"audio"}
+    assert spec["target_text"]["max_tokens"] == len("three") + 2 and spec["class_names"] == sorted(digits.WORDS)
+    stored = _stored(tmp_path / "ds")
+    assert [r["target_text"] for r in stored] == [digits.WORDS[d] for _, d, _, _ in wavs]
+    assert all(spec["class_names"][r["label"]] == r["target_text"] for r in stored)
