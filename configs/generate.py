@@ -32,7 +32,7 @@ def get_config(arg=None):
     c.loss.task = "generate"
     c.decoder.update(dict(kind="prefix", width=64, depth=2, heads=4, mlp=128))
     c.batch_size = 64
-    c.total_steps = 1200
+    c.total_steps = 800
     c.optim.update(dict(lr=2e-3, warmup_steps=100))
     c.eval_every = 400
     c.checkpoint_every = 400
