@@ -57,3 +57,12 @@ def test_generate_evaluator_needs_the_generate_task(tiny_config):
     config.evals = ml_collections.ConfigDict({"gen": config_lib.evaluator("generate")})
     with pytest.raises(config_lib.UserError, match=r"config.evals.gen.kind: 'generate' decodes text"):
         config_lib.validate(config)
+
+
+def test_targets_longer_than_target_length_are_named():
+    spec = {"tasks": ["generate"], "target_text": {"max_tokens": 40}}
+    assert targets.cut_targets_note(spec, "generate", 32, "D") == (
+        "target texts of D need up to 40 tokens but data.target_length=32: longer ones are cut; "
+        "set --config.data.target_length=40 to keep them whole")
+    assert targets.cut_targets_note(spec, "generate", 40, "D") is None
+    assert targets.cut_targets_note(spec, "classification", 8, "D") is None
