@@ -15,7 +15,11 @@ Your own data: a data set built with 'target_text' in its manifest rows
 (`--config.data.train=DIR --config.data.eval=DIR`); set data.target_length to the spec's
 target_text.max_tokens if its targets are longer than this config's 18.
 
-MEASURED (see BUILD.md, "Text generation"): filled in below.
+Measured on the 2-core CPU (other jobs loading it, load average ~5; BUILD.md, "Text
+generation"): 364,544 parameters, 800 steps at batch 64 in 3 min 53 s wall with the
+synthetic data already cached; eval/exact_match 0.811 at step 400 and 0.998 at step 800
+(eval/token_accuracy 0.9999, eval/wer 0.0007, eval/bleu 99.9, 1000 eval examples, greedy).
+`--config.decoder.kind=cross` trains the cross-attending decoder instead.
 """
 
 import ml_collections
@@ -32,7 +36,7 @@ def get_config(arg=None):
     c.loss.task = "generate"
     c.decoder.update(dict(kind="prefix", width=64, depth=2, heads=4, mlp=128))
     c.batch_size = 64
-    c.total_steps = 1200
+    c.total_steps = 800
     c.optim.update(dict(lr=2e-3, warmup_steps=100))
     c.eval_every = 400
     c.checkpoint_every = 400

@@ -58,6 +58,16 @@ def target_max_tokens(spec: Mapping | None) -> int:
     return int(((spec or {}).get("target_text") or {}).get("max_tokens", 0))
 
 
+def cut_targets_note(spec: Mapping | None, task: str, target_length: int, where: str) -> str | None:
+    """A line when the data set's longest target text needs more than data.target_length
+    tokens (those are cut, ending with EOS), else None."""
+    needed = target_max_tokens(spec)
+    if task != "generate" or needed <= target_length:
+        return None
+    return (f"target texts of {where} need up to {needed} tokens but data.target_length={target_length}: longer "
+            f"ones are cut; set --config.data.target_length={needed} to keep them whole")
+
+
 def check_same_targets(train_spec: Mapping, eval_spec: Mapping, task: str) -> None:
     """Train and eval must have the same number of regression targets."""
     if task == "regression" and train_spec.get("target_size") != eval_spec.get("target_size"):
