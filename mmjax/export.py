@@ -13,7 +13,14 @@ E/ holds everything `python -m mmjax.predict` (no training stack) needs:
   predict.jax_exported   the inference function serialized with jax.export (StableHLO) for
                          CPU, CUDA and TPU, with a symbolic batch size:
                          f(params, batch) -> {'logits', 'probabilities'} [b, classes]
-  tokenizer.model        the SentencePiece model, when the run used one
+  generate.jax_exported  instead, for a loss.task='generate' run: the decoding of
+                         mmjax/decoding.py (config.decode: greedy, beams or sampling from
+                         its seed) with a symbolic batch size and a static length:
+                         f(params, batch) -> {'tokens': int32 [b, max_length]}; export.json's
+                         'generate' holds max_length, the target vocabulary (size, BOS, EOS,
+                         pad), the decode settings and the tokenizer to turn ids into text
+  tokenizer.model        the SentencePiece model, when the run used one (for its text, or
+                         for a 'generate' run's target text)
   tokenizer/             a checkpoint's own tokenizer files (data.tokenizer='hf:DIR'), and
   image_processor/       its image processor file (data.image_processor='hf:DIR'), when used
 Text and audio lengths are fixed at the run's data.text_length and data.audio_samples: the
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -46,16 +54,18 @@ import numpy as np
 from mmjax import best as best_lib
 from mmjax import checkpoint as ckpt_lib
 from mmjax import config as config_lib
-from mmjax import media
+from mmjax import decoding, media
 from mmjax import predict as predict_lib
 from mmjax import objectives, sharding, trainer
 from mmjax.config import UserError, cli
-from mmjax.contract import EXPORT_DTYPES, presence_key
+from mmjax.contract import EXPORT_DTYPES, LABEL, TARGET, TARGET_LENGTH, TARGET_TOKENS, presence_key
 from mmjax.data import sources
 from mmjax.models.layers import LORA_PARAMS, lora_scale, merge_lora
 from mmjax.models.multimodal import build_model
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+EXPORTED_TASKS = ("classification", "generate")
+_TARGET_KEYS = (LABEL, TARGET, TARGET_TOKENS, TARGET_LENGTH)  # what training feeds, never an export
 TOKENIZER_DIR, PROCESSOR_DIR = "tokenizer", "image_processor"  # a checkpoint's files, copied
 
 
@@ -184,22 +194,28 @@ def _class_names(config, meta: dict) -> list[str]:
 def input_specs(config) -> dict[str, tuple[tuple, str]]:
     """Batch fields the exported function takes: name -> (shape with None for batch, dtype)."""
     specs = {k: ((None, *s[1:]), np.dtype(dt).name) for k, (s, dt) in trainer.batch_shapes(config, 1).items()
-             if k != "label"}
+             if k not in _TARGET_KEYS}
     for m in config.modalities:
         specs[presence_key(m)] = ((None,), "bool")
     return specs
 
 
 def export_function(config, num_classes: int, flat_params: dict, *, platforms=PLATFORMS) -> bytes:
-    """jax.export of params, batch -> {'logits', 'probabilities'}; the batch size is symbolic."""
-    if config.loss.task != "classification":
-        raise UserError(f"config.loss.task={config.loss.task!r}: export supports classification runs")
+    """jax.export of params, batch -> {'logits', 'probabilities'} (classification) or
+    {'tokens'} (generate: config.decode's decoding); the batch size is symbolic."""
+    if config.loss.task not in EXPORTED_TASKS:
+        raise UserError(f"config.loss.task={config.loss.task!r}: export supports {' and '.join(EXPORTED_TASKS)} runs")
     model = build_model(config, num_classes)
+    if config.loss.task == "generate":
+        decode = decoding.decode_fn(model, decoding.DecodeSettings.from_config(config))
 
-    def infer(params: dict, batch: dict) -> dict:
-        params = unflatten_params({k: v.astype(jnp.float32) for k, v in params.items()})
-        logits = model.apply({"params": params}, batch, train=False).astype(jnp.float32)
-        return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
+        def infer(params: dict, batch: dict) -> dict:
+            return {"tokens": decode(unflatten_params({k: v.astype(jnp.float32) for k, v in params.items()}), batch)}
+    else:
+        def infer(params: dict, batch: dict) -> dict:
+            params = unflatten_params({k: v.astype(jnp.float32) for k, v in params.items()})
+            logits = model.apply({"params": params}, batch, train=False).astype(jnp.float32)
+            return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
 
     (b,) = jax.export.symbolic_shape("b")
     abstract_batch = {k: jax.ShapeDtypeStruct((b, *shape[1:]), dtype) for k, (shape, dtype) in input_specs(config).items()}
@@ -214,14 +230,15 @@ def _copy_preprocessing(config, folder: str) -> dict:
     returns {'tokenizer': name for media.make_tokenizer relative to the folder ('bytes',
     'tokenizer.model', 'hf:tokenizer'), 'image_processor': '' or 'hf:image_processor'}."""
     d, names = config.data, {"tokenizer": "bytes", "image_processor": ""}
-    if "text" in config.modalities and d.tokenizer.startswith(media.CHECKPOINT_PREFIX):
+    uses_tokenizer = "text" in config.modalities or config.loss.task == "generate"  # a target text's too
+    if uses_tokenizer and d.tokenizer.startswith(media.CHECKPOINT_PREFIX):
         source = media.checkpoint_folder(d.tokenizer)
         os.makedirs(os.path.join(folder, TOKENIZER_DIR))
         for name in media.TOKENIZER_FILES:
             if os.path.isfile(os.path.join(source, name)):
                 shutil.copyfile(os.path.join(source, name), os.path.join(folder, TOKENIZER_DIR, name))
         names["tokenizer"] = media.CHECKPOINT_PREFIX + TOKENIZER_DIR
-    elif "text" in config.modalities and d.tokenizer not in ("", "bytes"):
+    elif uses_tokenizer and d.tokenizer not in ("", "bytes"):
         shutil.copyfile(d.tokenizer, os.path.join(folder, predict_lib.TOKENIZER_FILE))
         names["tokenizer"] = predict_lib.TOKENIZER_FILE
     if "image" in config.modalities and d.image_processor:
@@ -252,8 +269,9 @@ def _spec(config, class_names, step, workdir, meta, dtype, platforms, files: dic
         ids = ("tokenizer ids + 2; 0 = padding, 1 = reserved" if tokenizer.offset else
                f"the checkpoint tokenizer's own ids; padded with {tokenizer.pad_id}")
         preprocess["text"] = {"length": int(d.text_length), "tokenizer": files["tokenizer"], "ids": ids}
-    return {
+    spec = {
         "format": predict_lib.FORMAT,
+        "task": str(config.loss.task),
         "modalities": list(config.modalities),
         "class_names": class_names,
         "inputs": {k: {"shape": list(s), "dtype": dt} for k, (s, dt) in input_specs(config).items()},
@@ -267,6 +285,16 @@ def _spec(config, class_names, step, workdir, meta, dtype, platforms, files: dic
         "versions": {**meta.get("versions", {}), "jax": jax.__version__},
         "config": config.to_dict(),
     }
+    if config.loss.task == "generate":
+        settings = decoding.DecodeSettings.from_config(config)
+        vocab = media.target_vocab(media.make_tokenizer(d.tokenizer))
+        spec.update(class_names=[], outputs={"tokens": [None, settings.max_length]},
+                    function_file=predict_lib.GENERATE_FILE)
+        spec["generate"] = {"max_length": settings.max_length, "tokenizer": files["tokenizer"],
+                            "vocab": dataclasses.asdict(vocab),
+                            "decode": {k: v for k, v in dataclasses.asdict(settings).items() if k != "cache"},
+                            "target_length": int(d.target_length)}
+    return spec
 
 
 def _listed_files(out: str) -> set[str] | None:
@@ -337,7 +365,8 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
     flat, config, merged = merge_adapters(flatten_params(params), config)
     if dtype == "bfloat16":
         flat = {k: v.astype(jnp.bfloat16) for k, v in flat.items()}
-    function = export_function(config, len(class_names), flat, platforms=platforms)
+    # A 'generate' model has no head: its class count (>= 1, as the training run built it) is unused.
+    function = export_function(config, max(1, len(class_names)), flat, platforms=platforms)
 
     parent = os.path.dirname(os.path.abspath(out))
     try:
@@ -359,7 +388,7 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
             spec["source"]["lora_merged"] = merged
         predict_lib.write_safetensors(os.path.join(tmp, predict_lib.PARAMS_FILE), flat,
                                       {"format": predict_lib.FORMAT, "step": step})
-        with open(os.path.join(tmp, predict_lib.FUNCTION_FILE), "wb") as f:
+        with open(os.path.join(tmp, spec["function_file"]), "wb") as f:
             f.write(function)
         spec[predict_lib.FILES] = predict_lib.file_digests(tmp)  # verified by every loader
         with open(os.path.join(tmp, predict_lib.SPEC_FILE), "w", encoding="utf-8") as f:
@@ -373,7 +402,9 @@ def export(workdir: str, out: str, *, step: int | str | None = None, dtype: str 
         raise
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     n_params = sum(v.size for v in flat.values())
-    log(f"exported {workdir} step {step} ({n_params:,} {dtype} parameters, {len(class_names)} classes, "
+    outputs = (f"text of up to {spec['generate']['max_length']} tokens" if config.loss.task == "generate"
+               else f"{len(class_names)} classes")
+    log(f"exported {workdir} step {step} ({n_params:,} {dtype} parameters, {outputs}, "
         f"{', '.join(config.modalities)}; {', '.join(platforms)}) to {out} ({size / 1e6:.2f} MB)")
     return spec
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmjax import media
 from mmjax.config.schema import contrastive_modalities
 from mmjax.models.audio import frame_count, num_frames
+from mmjax.models.decoder import VOCAB_MULTIPLE
 from mmjax.models.heads import HEAD_STYLES
 
 TRAIN_FACTOR = 3  # forward + backward (~2x forward)
@@ -111,12 +113,33 @@ def fusion_core(config: Any, encoded: dict[str, tuple[int, int]]) -> tuple[int, 
     return total, size
 
 
+def decoder(config: Any, encoded: dict[str, tuple[int, int]]) -> int:
+    """Teacher-forced forward flops of config.decoder over the encoders' (tokens, width):
+    the projections to its width, its blocks (prefix: over prefix + targets; cross: over the
+    targets, plus cross-attention to the memory) and the logits over the padded vocabulary."""
+    d = config.decoder
+    width, mlp, targets = int(d.width), int(d.mlp), int(config.data.target_length) - 1
+    memory = sum(n for n, _ in encoded.values())
+    project = sum(2 * n * w * width for n, w in encoded.values())
+    if d.kind == "prefix":
+        blocks = block(memory + targets, width, mlp)
+    else:  # self-attention over the targets, cross-attention (q, out; k, v of the memory)
+        blocks = block(targets, width, mlp) + 2 * targets * width * width * 2 + 2 * memory * width * width * 2 \
+            + 2 * targets * memory * width * 2
+    vocab = -(-media.target_vocab(media.make_tokenizer(config.data.tokenizer)).size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    return project + int(d.depth) * blocks + 2 * targets * width * vocab
+
+
 def forward_flops(config: Any, num_classes: int = 10) -> dict[str, int]:
-    """Forward-pass FLOPs per example, by part: each modality, 'fusion', 'head'."""
+    """Forward-pass FLOPs per example, by part: each modality, 'fusion', 'head' (or, for
+    loss.task 'generate', 'decoder' in place of fusion core and head)."""
     parts, encoded = {}, {}
     for m in config.modalities:
         flops, tokens, width = ENCODERS[m](config)
         parts[m], encoded[m] = flops, (tokens, width)
+    if config.loss.task == "generate":
+        parts["decoder"] = decoder(config, encoded)
+        return parts
     parts["fusion"], width = fusion_core(config, encoded)
     head = 2 * width * int(num_classes)
     loss = config.loss

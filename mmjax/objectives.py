@@ -22,7 +22,10 @@ from the train state (mmjax/trainer/balance.py).
 
 Batch targets: 'classification' reads batch['label'] int [B]; 'multilabel' reads
 batch['label'] multi-hot [B, C] (1 = the class applies); 'regression' reads
-batch['target'] float [B, T]. The model's head has C (or T) outputs.
+batch['target'] float [B, T]. The model's head has C (or T) outputs. 'generate' reads
+batch['target_tokens'] [B, T] and batch['target_length'] [B]: teacher-forced
+cross-entropy of the decoder's logits [B, T - 1, V] on the target ids after BOS only
+(padding masked by target_length), averaged per example; token_accuracy counts tokens.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import optax
 
 from mmjax import contrastive
 from mmjax.config.schema import contrastive_pairs
-from mmjax.contract import TARGET_KEY, presence_key
+from mmjax.contract import TARGET_KEY, TARGET_LENGTH, presence_key
 
 Sums = dict[str, jax.Array]
 
@@ -80,7 +83,33 @@ def regression_sums(predictions: jax.Array, targets: jax.Array, weights: jax.Arr
     }
 
 
-TASK_SUMS = {"classification": classification_sums, "multilabel": multilabel_sums, "regression": regression_sums}
+def target_mask(target_length: jax.Array, positions: int) -> jax.Array:
+    """bool [B, positions]: which predicted positions hold a real target id. Position i
+    predicts token i + 1 of [BOS, ids..., EOS, pad...], so the first length - 1 count."""
+    return jnp.arange(positions)[None, :] < (target_length[:, None] - 1)
+
+
+def generate_sums(logits: jax.Array, tokens: jax.Array, lengths: jax.Array, weights: jax.Array) -> Sums:
+    """Weighted sums of each example's mean token cross-entropy over its target ids (BOS
+    never predicted, padding masked by `lengths`), correct argmax tokens and of examples
+    whose every token is right (teacher-forced)."""
+    labels = tokens[:, 1:]
+    mask = target_mask(lengths, labels.shape[1]).astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    # Padded vocabulary rows are -inf: cross-entropy over finite logits only.
+    ce = optax.softmax_cross_entropy_with_integer_labels(jnp.maximum(logits, jnp.finfo(jnp.float32).min), labels)
+    n = jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * mask
+    all_right = (jnp.sum(correct, axis=1) == jnp.sum(mask, axis=1)).astype(jnp.float32)
+    return {"loss": jnp.sum(jnp.sum(ce * mask, axis=1) / n * weights),
+            "correct_tokens": jnp.sum(jnp.sum(correct, axis=1) * weights),
+            "tokens": jnp.sum(jnp.sum(mask, axis=1) * weights),
+            "exact": jnp.sum(all_right * weights),
+            "count": jnp.sum(weights)}
+
+
+TASK_SUMS = {"classification": classification_sums, "multilabel": multilabel_sums, "regression": regression_sums,
+             "generate": generate_sums}
 
 
 def true_target_probability(task: str, logits: jax.Array, target: jax.Array) -> jax.Array:
@@ -109,6 +138,9 @@ def task_metrics(task: str, sums: Mapping[str, Any]) -> dict[str, float]:
     elif task == "regression":
         out["mse"] = sums["loss"] / count
         out["mae"] = sums["abs_error"] / count
+    elif task == "generate":  # teacher-forced; the 'generate' evaluator's exact_match decodes
+        out["token_accuracy"] = sums["correct_tokens"] / jnp.maximum(sums["tokens"], 1.0)
+        out["forced_exact_match"] = sums["exact"] / count
     return out
 
 
@@ -207,7 +239,9 @@ class Objective:
         whole batch)."""
         logits, aux = outputs if self.needs_aux else (outputs, None)
         out = {}
-        if self.task != "none":
+        if self.task == "generate":
+            out["task"] = generate_sums(logits, batch[TARGET_KEY[self.task]], batch[TARGET_LENGTH], weights)
+        elif self.task != "none":
             target = batch[TARGET_KEY[self.task]]
             out["task"] = TASK_SUMS[self.task](logits, target, weights)
         if self.contrastive != "none" and with_contrastive:

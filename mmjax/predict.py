@@ -8,6 +8,10 @@ subset of the modalities the model has (absent ones are passed as absent, not ze
 The second reads a manifest in the format of `python -m mmjax.data.build` (JSON Lines or CSV;
 fields image, audio, text and an optional label) and writes one JSON line per row: the
 predicted label, its probability and the top-k; with labels it also prints the accuracy.
+An export of a loss.task='generate' run (export.json 'task': 'generate') writes text
+instead: the first form prints the generated text, the second writes {"line", "text"} per
+row, and where rows carry target_text also "target_text" and "exact_match" (the strings
+equal), printing the exact-match rate.
 A bad input stops with one line naming the file and the manifest line, or is skipped and
 reported with --skip_bad. A damaged export (a file whose sha256 differs from export.json's,
 an unreadable export.json or function, class names that do not match the outputs) stops
@@ -48,9 +52,11 @@ FORMAT = "mmjax-export-v1"
 SPEC_FILE = "export.json"
 PARAMS_FILE = "params.safetensors"
 FUNCTION_FILE = "predict.jax_exported"
+GENERATE_FILE = "generate.jax_exported"  # a 'generate' export's function: params, batch -> {'tokens'}
 TOKENIZER_FILE = "tokenizer.model"
 FILES = "files"  # export.json: {path in the folder: {"sha256", "bytes"}} of every other file
 FIELDS = (*MODALITIES, "label")
+GENERATE_FIELDS = (*MODALITIES, "label", "target_text")  # a 'generate' export's manifest fields
 
 
 class PredictError(ValueError):
@@ -231,6 +237,13 @@ def _check_spec(spec) -> None:
     classes = (spec["outputs"].get("logits") or [None, None])[-1]
     if classes is not None and classes != len(spec["class_names"]):
         raise ValueError(f"it lists {len(spec['class_names'])} class names for {classes} outputs")
+    if spec.get("task", "classification") == "generate":
+        generate = spec.get("generate")
+        vocab = generate.get("vocab") if isinstance(generate, dict) else None
+        if not isinstance(generate, dict) or not isinstance(generate.get("tokenizer"), str) or \
+                not isinstance(generate.get("max_length"), int) or not isinstance(vocab, dict) or \
+                any(not isinstance(vocab.get(k), int) for k in ("size", "bos_id", "eos_id", "pad_id")):
+            raise ValueError("field 'generate' needs tokenizer, max_length and vocab {size, bos_id, eos_id, pad_id}")
 
 
 def read_spec(export_dir: str, *, verify: bool = True) -> dict:
@@ -271,7 +284,8 @@ def deserialize_function(path: str):
 
 # ============================================================================ the predictor
 class Predictor:
-    """An export loaded for inference: raw inputs -> class probabilities.
+    """An export loaded for inference: raw inputs -> class probabilities, or generated text
+    for an export of a 'generate' run (`task`).
 
     `example` takes any of image (a path, or an array [H, W(, C)] of any size), audio (a WAV
     path, or mono float32 at the export's rate) and text (str); missing ones are passed to
@@ -283,6 +297,7 @@ class Predictor:
 
         self.directory = export_dir
         self.spec = read_spec(export_dir)
+        self.task = str(self.spec.get("task", "classification"))  # older exports: classification
         self.modalities = tuple(self.spec["modalities"])
         self.class_names = list(self.spec["class_names"])
         self.batch_size = int(batch_size)
@@ -290,10 +305,22 @@ class Predictor:
         params, _ = read_safetensors(os.path.join(export_dir, self.spec["params_file"]))
         function_file = os.path.join(export_dir, self.spec["function_file"])
         exported = deserialize_function(function_file)
-        classes = exported.out_avals[0].shape[-1] if exported.out_avals else None
-        if classes != len(self.class_names):
-            raise PredictError(f"{os.path.join(export_dir, SPEC_FILE)} lists {len(self.class_names)} class names "
-                               f"but {function_file} gives {classes}; export the run again")
+        if self.task == "generate":
+            generate = self.spec["generate"]
+            # The target tokenizer: the text's when the model reads text too, else its own copy.
+            self.target_tokenizer = media.make_tokenizer(_in_export(generate["tokenizer"], export_dir))
+            if media.target_vocab(self.target_tokenizer) != media.TargetVocab(**generate["vocab"]):
+                raise PredictError(f"{os.path.join(export_dir, SPEC_FILE)}: its target vocabulary {generate['vocab']} "
+                                   f"is not its tokenizer's ({generate['tokenizer']}); export the run again")
+            length = exported.out_avals[0].shape[-1] if exported.out_avals else None
+            if length != generate["max_length"]:
+                raise PredictError(f"{os.path.join(export_dir, SPEC_FILE)} says max_length {generate['max_length']} "
+                                   f"but {function_file} gives {length} tokens; export the run again")
+        else:
+            classes = exported.out_avals[0].shape[-1] if exported.out_avals else None
+            if classes != len(self.class_names):
+                raise PredictError(f"{os.path.join(export_dir, SPEC_FILE)} lists {len(self.class_names)} class names "
+                                   f"but {function_file} gives {classes}; export the run again")
         platform = jax.default_backend()
         if platform not in exported.platforms:
             raise PredictError(f"the export runs on {', '.join(exported.platforms)}, not on this "
@@ -325,14 +352,33 @@ class Predictor:
                 batch[key][i] = value
         return batch
 
-    def probabilities(self, rows: list[dict]) -> np.ndarray:
-        """float32 [len(rows), num_classes] for rows made by `example`, in batches."""
+    def _outputs(self, rows: list[dict], key: str) -> list[np.ndarray]:
+        """The function's output `key` for rows made by `example`, in batches: one array a row."""
         out = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             result = self._call(self.params, self._batch(chunk))
-            out.append(np.asarray(result["probabilities"])[:len(chunk)])
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+            out.extend(np.asarray(result[key])[:len(chunk)])
+        return out
+
+    def probabilities(self, rows: list[dict]) -> np.ndarray:
+        """float32 [len(rows), num_classes] for rows made by `example`, in batches."""
+        if self.task == "generate":
+            raise PredictError(f"{self.directory} is an export of a 'generate' run: it writes text (Predictor.generate)")
+        out = self._outputs(rows, "probabilities")
+        return np.stack(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def tokens(self, rows: list[dict]) -> np.ndarray:
+        """A 'generate' export's decoded ids, int32 [len(rows), max_length] (media.decode_target
+        reads them: up to the first EOS)."""
+        if self.task != "generate":
+            raise PredictError(f"{self.directory} is an export of a {self.task!r} run: it predicts classes")
+        out = self._outputs(rows, "tokens")
+        return np.stack(out) if out else np.zeros((0, self.spec["generate"]["max_length"]), np.int32)
+
+    def generate(self, rows: list[dict]) -> list[str]:
+        """The generated text of each row made by `example`."""
+        return [media.decode_target(ids, self.target_tokenizer) for ids in self.tokens(rows)]
 
     def top_k(self, probs: np.ndarray, k: int) -> list[tuple[str, float]]:
         order = np.argsort(-probs, kind="stable")[:k]
@@ -340,11 +386,13 @@ class Predictor:
 
 
 # ============================================================================ manifests
-def _check_row(obj: dict, base_dir: str, predictor: Predictor) -> tuple[dict, int | None]:
-    """Manifest object -> (inputs for Predictor.example, true class id or None)."""
-    unknown = sorted(set(obj) - set(FIELDS))
+def _check_row(obj: dict, base_dir: str, predictor: Predictor) -> tuple[dict, int | str | None]:
+    """Manifest object -> (inputs for Predictor.example, true class id, or for a 'generate'
+    export the row's target_text; None if the row has none)."""
+    fields = GENERATE_FIELDS if predictor.task == "generate" else FIELDS
+    unknown = sorted(set(obj) - set(fields))
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}; fields are {', '.join(FIELDS)}")
+        raise ValueError(f"unknown field {unknown[0]!r}; fields are {', '.join(fields)}")
     inputs = {}
     for m in MODALITIES:
         value = obj.get(m)
@@ -353,6 +401,11 @@ def _check_row(obj: dict, base_dir: str, predictor: Predictor) -> tuple[dict, in
         if not isinstance(value, str):
             raise ValueError(f"{m!r} must be a string, got {type(value).__name__}")
         inputs[m] = value if m == "text" else resolve_path(base_dir, value)
+    if predictor.task == "generate":  # a label is allowed beside the target text, and unused
+        target = obj.get("target_text")
+        if target is not None and not isinstance(target, str):
+            raise ValueError(f"'target_text' must be a string, got {type(target).__name__} {target!r}")
+        return inputs, target or None
     label = obj.get("label")
     if label is None or label == "":
         return inputs, None
@@ -384,7 +437,9 @@ def predict_manifest(predictor: Predictor, manifest: str, out: str, *, top_k: in
                      skip_bad: bool = False, log=print) -> dict:
     """Predicts every row of `manifest` into JSON Lines `out` (written atomically).
 
-    Returns {'rows', 'labelled', 'correct', 'accuracy', 'skipped': [(line, problem)]}.
+    Returns {'rows', 'labelled', 'correct', 'accuracy', 'skipped': [(line, problem)]}; for a
+    'generate' export 'labelled' counts the rows with target_text and 'accuracy' is their
+    exact-match rate.
     """
     check_out(out)
     manifest = os.path.abspath(manifest)
@@ -402,9 +457,17 @@ def predict_manifest(predictor: Predictor, manifest: str, out: str, *, top_k: in
         records = raw_records(manifest, need_target=False)
     except ManifestError as e:
         raise PredictError(str(e)) from None
-    pending: list[tuple[int, dict, int | None]] = []
+    pending: list[tuple[int, dict, int | str | None]] = []
 
     def flush() -> None:
+        if predictor.task == "generate":
+            for (line, _, target), text in zip(pending, predictor.generate([row for _, row, _ in pending])):
+                result = {"line": line, "text": text}
+                if target is not None:
+                    result.update(target_text=target, exact_match=text == target)
+                results.append(result)
+            pending.clear()
+            return
         probs = predictor.probabilities([row for _, row, _ in pending])
         for (line, _, truth), p in zip(pending, probs):
             best = int(np.argmax(p))
@@ -444,11 +507,12 @@ def predict_manifest(predictor: Predictor, manifest: str, out: str, *, top_k: in
     except BaseException:
         os.unlink(tmp)
         raise
-    labelled = [r for r in results if "correct" in r]
-    correct = sum(r["correct"] for r in labelled)
+    mark, metric = ("exact_match", "exact match") if predictor.task == "generate" else ("correct", "accuracy")
+    labelled = [r for r in results if mark in r]
+    correct = sum(r[mark] for r in labelled)
     summary = {"rows": len(results), "labelled": len(labelled), "correct": correct,
                "accuracy": correct / len(labelled) if labelled else None, "skipped": skipped}
-    accuracy = f"; accuracy {summary['accuracy']:.4f} over {len(labelled)} labelled rows" if labelled else ""
+    accuracy = f"; {metric} {summary['accuracy']:.4f} over {len(labelled)} labelled rows" if labelled else ""
     log(f"wrote {len(results)} predictions to {out}{accuracy}")
     if skipped:
         log(f"skipped {len(skipped)} bad row{'s' * (len(skipped) > 1)}; first: {manifest} line "
@@ -489,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.manifest:
             predict_manifest(predictor, args.manifest, args.out, top_k=args.top_k,
                              skip_bad=args.skip_bad)
+        elif predictor.task == "generate":
+            print(predictor.generate([predictor.example(image=args.image, audio=args.audio, text=args.text)])[0])
         else:
             row = predictor.example(image=args.image, audio=args.audio, text=args.text)
             probs = predictor.probabilities([row])[0]

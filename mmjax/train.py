@@ -92,6 +92,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             task = targets.task_of(config)  # config.loss.task must be one the data are labelled for
             for source in everything:
                 targets.check_task(source.spec, task, source.directory)
+                if note := targets.cut_targets_note(source.spec, task, config.data.target_length, source.directory):
+                    log(note)  # generate: targets longer than data.target_length are cut
             for source in eval_sources.values():
                 targets.check_same_targets(train_source.spec, source.spec, task)
             vocab = pipeline.check_preprocessing(config, modalities)  # tokenizer ids, 0 without text

@@ -95,3 +95,35 @@ def test_killed_during_checkpoint_saves_resumes_bitwise(tmp_path, cache, referen
     assert metrics(workdir) == reference
     assert committed(workdir) == [3, 6, 8]
     assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]  # leftovers cleaned up
+
+
+# The text decoders (config.loss.task='generate') on the describe task, with the generate
+# evaluator decoding at the end: a kill between checkpoints changes no loss and no decoded text.
+GENERATE_ARGS = ["--config.loss.task=generate", "--config.data.synthetic.task=describe",
+                 "--config.data.target_length=18", "--config.decoder.depth=1", "--config.decoder.width=32",
+                 "--config.evals.gen.kind=generate"]
+
+
+def generate_rows(workdir):
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    train = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    evals = {r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")} for r in rows if "eval/gen/bleu" in r}
+    return train, evals
+
+
+@pytest.mark.parametrize("kind", ["prefix", "cross"])
+def test_generate_killed_between_checkpoints_resumes_bitwise(tmp_path, cache, kind):
+    args = [*ARGS, *GENERATE_ARGS, f"--config.decoder.kind={kind}"]
+    reference = run(tmp_path / "reference", cache, args=args)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = generate_rows(tmp_path / "reference")
+    assert sorted(expected[0]) == list(range(1, 9)) and sorted(expected[1]) == [8]
+    assert {"eval/gen/exact_match", "eval/gen/wer", "eval/gen/token_accuracy"} <= set(expected[1][8])
+
+    workdir = tmp_path / "run"
+    killed = run(workdir, cache, fault="kill_after_step=5", args=args)
+    assert killed.returncode == -signal.SIGKILL and committed(workdir) == [3]
+    resumed = run(workdir, cache, args=args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {workdir}/checkpoints/3" in resumed.stdout
+    assert generate_rows(workdir) == expected

@@ -164,7 +164,8 @@ CONCAT_POOLS = ("mean", "flatten")
 TEXT_LOOKUPS = ("one_hot", "gather")
 ATTENTION_KINDS = ("auto", "dpa", "einsum")
 UNROLL_CHOICES = ("auto", "yes", "no")
-SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression", "paired")
+SYNTHETIC_TASKS = ("default", "redundant", "multilabel", "regression", "paired", "describe")
+DECODER_KINDS = ("prefix", "cross")  # models/decoder.py DECODERS
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")  # models/layers.py LORA_LAYERS
 LORA_KINDS = {"image": ("vit",), "text": ("transformer",), "audio": ("transformer", "whisper")}  # kinds with adapters
 
@@ -248,7 +249,8 @@ def modality_pairs(value) -> str | None:
 EVAL_KEYS = dict(
     kind=Key("task", "'task': the objective's metrics; 'without_modality': the task metrics with "
                      "modalities absent; 'retrieval', 'zeroshot', 'linear_probe': of the contrastive or "
-                     "pooled embeddings", choices=("task", "without_modality", "retrieval", "zeroshot", "linear_probe")),
+                     "pooled embeddings; 'generate': decoded text against target_text (loss.task 'generate')",
+               choices=("task", "without_modality", "retrieval", "zeroshot", "linear_probe", "generate")),
     data=Key("", "eval data: '' (config.data.eval), 'synthetic', a built directory or 'tfds:NAME'"),
     every=Key(0, "run every this many steps (0: config.eval_every) and at the end", check=at_least_zero),
     prefix=Key("", "metric-name prefix ('': 'eval/<name>/')"),
@@ -279,6 +281,8 @@ EVAL_KINDS: dict[str, dict[str, Key]] = {
         l2=Key(1e-3, "ridge penalty (times the number of fitting examples)", check=positive),
         max_train_examples=Key(0, "fit on at most this many examples of train_data (0: all)", check=at_least_zero),
     ),
+    # exact_match, token_accuracy (teacher-forced), wer, bleu of config.decode's output; settings: config.decode
+    "generate": {},
 }
 DEFAULT_EVALS = {"eval": dict(kind="task", prefix="eval/")}
 
@@ -342,6 +346,9 @@ SCHEMA = Group("the run", dict(
         audio_rate=Key(8000, "audio sample rate in Hz", check=positive_int),
         audio_samples=Key(2048, "audio samples per example (padded or cut)", check=positive_int),
         text_length=Key(32, "text tokens per example (padded or cut)", check=positive_int),
+        target_length=Key(32, "loss.task 'generate': target_tokens per example, BOS and EOS included (padded or "
+                              "cut; the data set's spec says what its longest target needs)",
+                          check=lambda v: None if v >= 2 else f"must be >= 2 (BOS and EOS), got {v!r}"),
         tokenizer=Key("bytes", "'bytes' (UTF-8 bytes + 2, no files), a SentencePiece .model file (ids + 2) or "
                                "'hf:DIR' (that checkpoint's own tokenizer, real ids; the default of a text tower "
                                "with init_from=hf:DIR)"),
@@ -352,7 +359,8 @@ SCHEMA = Group("the run", dict(
             data_dir=Key("", "TFDS data directory ('': TFDS's default)"),
             train_split=Key("train", "split read for data.train"),
             eval_split=Key("test", "split read for data.eval"),
-            features=Key("", "mmjax name -> the data set's feature, e.g. 'image=img,label=digit'"),
+            features=Key("", "mmjax name -> the data set's feature, e.g. 'image=img,label=digit' "
+                             "('target_text=caption': a Text feature as loss.task 'generate''s target)"),
             audio_rate=Key(0, "sample rate of a Tensor audio feature (0: already data.audio_rate)",
                            check=at_least_zero),
         )),
@@ -375,7 +383,8 @@ SCHEMA = Group("the run", dict(
             seed=Key(0, "seed of the generated examples"),
             task=Key("default", "'default' (needs all three modalities), 'redundant' (each alone decides), "
                                 "'multilabel' or 'regression' (use the matching loss.task), 'paired' (an instance "
-                                "code shared by the modalities: contrastive retrieval)", choices=SYNTHETIC_TASKS),
+                                "code shared by the modalities: contrastive retrieval), 'describe' (a target "
+                                "text naming the digit and the note: loss.task 'generate')", choices=SYNTHETIC_TASKS),
         )),
     )),
     model=Group("the model", dict(
@@ -464,6 +473,27 @@ SCHEMA = Group("the run", dict(
         ogm_alpha=Key(0.5, "ogm_ge: a leading encoder's gradients times 1 - tanh(ogm_alpha * (ratio - 1))",
                       check=positive),
         ogm_noise=Key(True, "ogm_ge: add Gaussian noise with the gradient's std to the scaled gradients (GE)"),
+    )),
+    decoder=Group("loss.task 'generate': the text decoder after the encoders (mmjax/models/decoder.py)", dict(
+        kind=Key("prefix", "'prefix' (prefix-LM: the encoders' tokens with full attention, then the target "
+                           "causally) or 'cross' (a causal decoder cross-attending to the encoders' tokens)",
+                 choices=DECODER_KINDS),
+        width=Key(64, "decoder width", check=positive_int),
+        depth=Key(2, "decoder layers", check=positive_int),
+        heads=Key(4, "attention heads (divide width)", check=positive_int),
+        mlp=Key(128, "hidden units of each MLP block", check=positive_int),
+        dropout=Key(0.0, "dropout rate in the decoder's blocks", check=fraction),
+    )),
+    decode=Group("how the 'generate' evaluator (and an export) decodes (mmjax/decoding.py)", dict(
+        beam_size=Key(1, "beams (1: greedy, or sampling with temperature > 0)", check=positive_int),
+        max_length=Key(0, "generated tokens at most, EOS included (0: data.target_length - 1)",
+                       check=at_least_zero),
+        temperature=Key(0.0, "beam_size 1: 0 takes the argmax, > 0 samples from softmax(logits / temperature)",
+                        check=at_least_zero),
+        top_k=Key(0, "sampling: only the k most likely tokens (0: all)", check=at_least_zero),
+        length_penalty=Key(0.0, "beam search: rank finished beams by log-prob / length ** this (0: raw sum)",
+                           check=at_least_zero),
+        seed=Key(0, "sampling: seed of the draws"),
     )),
     modality_dropout=Key(0.0, "drop whole modalities per training example with this probability (never all)",
                          check=fraction),
@@ -644,6 +674,7 @@ def _check_across_keys(config) -> None:
               f"{config.loss.contrastive_head!r} head reads the towers' own pooled outputs (set "
               "config.model.<m>.pooling instead)")
     _check_balance(config)
+    _check_generate(config)
     for m in config.modalities:
         tower = config.model[m]
         if tower.lora_rank > 0:
@@ -656,6 +687,24 @@ def _check_across_keys(config) -> None:
         _fail("early_stop_patience", "needs config.select_best, the metric whose evaluations decide when to stop, "
               "e.g. --config.select_best=eval/accuracy")
     check_modalities_fit(config)
+
+
+def _check_generate(config) -> None:
+    """The decoder's keys fit together; 'generate' evaluators need the 'generate' task."""
+    d, generating = config.decoder, config.loss.task == "generate"
+    if d.width % d.heads:
+        _fail("decoder.heads", f"{d.heads} must divide config.decoder.width={d.width}")
+    if config.decode.max_length > config.data.target_length - 1:
+        _fail("decode.max_length", f"{config.decode.max_length} is more than the decoder's "
+                                   f"config.data.target_length - 1 = {config.data.target_length - 1} positions")
+    if config.decode.beam_size > 1 and config.decode.temperature > 0:
+        _fail("decode.temperature", "samples with beam_size 1 only; set --config.decode.beam_size=1 or temperature 0")
+    for name, entry in config.evals.items():
+        if entry.kind == "generate" and not generating:
+            _fail(f"evals.{name}.kind", f"'generate' decodes text, which needs --config.loss.task=generate "
+                                        f"(it is {config.loss.task!r})")
+    if generating and config.fusion.aux_weight > 0:
+        _fail("fusion.aux_weight", "per-modality heads classify; loss.task 'generate' has no classes (set it to 0)")
 
 
 def _check_balance(config) -> None:

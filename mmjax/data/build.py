@@ -13,7 +13,9 @@ unless --image_size) and WAV files (mono, resampled to audio_rate, or to the sam
 writes the encoded examples in manifest order. Texts are stored whole; the build counts those
 longer than --text_length tokens of --tokenizer (the length training follows by default, which
 cuts them) and says so. Targets are stored as 'label' (class id),
-'labels' (int32 class ids) and 'target' (float32 [T]); spec.json lists them in 'tasks'.
+'labels' (int32 class ids), 'target' (float32 [T]) and 'target_text' (str, whole, tokenized by
+the pipeline; spec 'target_text' gives the --tokenizer ids its longest needs, BOS and EOS
+included); spec.json lists them in 'tasks'.
 Rows may lack the modalities named in --optional_modalities (spec 'optional_modalities'):
 such examples are stored without the field, and training batches flag them absent. Any bad row stops the build with one
 message naming the manifest line, unless --skip_bad, which skips such rows and lists them
@@ -56,11 +58,15 @@ class BuildError(ValueError):
 _TOKENIZERS: dict = {}  # name -> tokenizer, made once per process (a checkpoint's may take a while)
 
 
-def _tokens(text: str, name: str) -> int:
-    """The number of ids `name` gives `text` uncut (no tokenizer gives more than bytes + specials)."""
+def _tokenizer(name: str):
     if name not in _TOKENIZERS:
         _TOKENIZERS[name] = media.make_tokenizer(name)
-    return len(_TOKENIZERS[name].ids(text, len(text.encode("utf-8")) + 16))
+    return _TOKENIZERS[name]
+
+
+def _tokens(text: str, name: str) -> int:
+    """The number of ids `name` gives `text` uncut (no tokenizer gives more than bytes + specials)."""
+    return len(_tokenizer(name).ids(text, len(text.encode("utf-8")) + 16))
 
 
 def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
@@ -84,6 +90,10 @@ def _decode_row(fields: dict, options: dict) -> tuple[dict, dict]:
         example["labels"] = np.asarray(fields["labels"], np.int32).reshape(-1)
     if "target" in fields:
         example["target"] = np.asarray(fields["target"], np.float32)
+    if "target_text" in fields:
+        example["target_text"] = fields["target_text"]
+        facts["target_bytes"] = len(fields["target_text"].encode("utf-8"))
+        facts["target_tokens"] = media.target_tokens_needed(fields["target_text"], _tokenizer(options["tokenizer"]))
     facts["absent"] = [m for m in options["optional"] if m not in fields]
     return example, facts
 
@@ -175,6 +185,9 @@ def _spec(manifest: Manifest, num_examples: int, options: dict, facts: dict) -> 
         spec["tasks"] = manifest.tasks
     if "target" in manifest.targets:
         spec["target_size"] = manifest.target_size
+    if "target_text" in manifest.targets:
+        spec["target_text"] = {"max_tokens": int(facts["max_target_tokens"]), "max_bytes": int(facts["max_target_bytes"]),
+                               "tokenizer": options["tokenizer"]}
     if manifest.optional:
         spec["optional_modalities"] = list(manifest.optional)
         spec["build"]["examples_without"] = {m: int(facts[f"absent_{m}"]) for m in manifest.optional}
@@ -215,7 +228,7 @@ def build(manifest_path: str, out: str, *, image_size: int = 0, audio_rate: int 
     options = {"image_size": image_size, "image_resize": image_resize, "image_from": image_from,
                "audio_rate": audio_rate, "audio_samples": audio_samples, "optional": manifest.optional,
                "text_length": text_length, "tokenizer": tokenizer or "bytes"}
-    if "text" in manifest.modalities:
+    if "text" in manifest.modalities or "target_text" in manifest.targets:
         try:
             media.make_tokenizer(options["tokenizer"])
         except ValueError as e:
@@ -249,7 +262,8 @@ def _build_into(aside: str, out: str, manifest: Manifest, rows: list, bad: list,
     """Decodes and writes the data set in the folder `aside`, then moves it into `out`."""
     audio_samples, text_length = options["audio_samples"], options["text_length"]
     shards = ShardWriter(aside)
-    facts = collections.Counter(max_samples=0, max_text_bytes=0, max_text_tokens=0)
+    facts = collections.Counter(max_samples=0, max_text_bytes=0, max_text_tokens=0, max_target_bytes=0,
+                                max_target_tokens=0)
     tasks = [([(r.line, r.fields) for r in rows[i:i + _CHUNK]], options)
              for i in range(0, len(rows), _CHUNK)]
     bar = _progress_bar(len(rows), progress)
@@ -269,6 +283,8 @@ def _build_into(aside: str, out: str, manifest: Manifest, rows: list, bad: list,
                     facts["max_text_bytes"] = max(facts["max_text_bytes"], info.get("text_bytes", 0))
                     facts["max_text_tokens"] = max(facts["max_text_tokens"], info.get("text_tokens", 0))
                     facts["texts_cut"] += info.get("text_tokens", 0) > text_length
+                    facts["max_target_bytes"] = max(facts["max_target_bytes"], info.get("target_bytes", 0))
+                    facts["max_target_tokens"] = max(facts["max_target_tokens"], info.get("target_tokens", 0))
                     for m in info.get("absent", ()):
                         facts[f"absent_{m}"] += 1
                 position += 1
@@ -305,6 +321,9 @@ def _build_into(aside: str, out: str, manifest: Manifest, rows: list, bad: list,
         labelled.append("multi-label")
     if "target_size" in spec:
         labelled.append(f"{spec['target_size']} regression target{'s' * (spec['target_size'] > 1)}")
+    if "target_text" in spec:
+        labelled.append(f"target texts of up to {spec['target_text']['max_tokens']} {options['tokenizer']} "
+                        "tokens with BOS and EOS")
     log(f"wrote {written} examples ({described}; {', '.join(labelled)}) in {count} "
         f"shard{'s' * (count > 1)} to {out}")
     for m, n in spec["build"].get("examples_without", {}).items():
@@ -389,8 +408,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the text length in tokens training uses by default; longer texts are counted "
                         "(they are stored whole and cut in training)")
     p.add_argument("--tokenizer", default="bytes",
-                   help="the tokenizer --text_length counts in, as config.data.tokenizer: 'bytes', a "
-                        "SentencePiece .model file or hf:DIR")
+                   help="the tokenizer --text_length and spec.json's target_text.max_tokens count in, as "
+                        "config.data.tokenizer: 'bytes', a SentencePiece .model file or hf:DIR")
     p.add_argument("--classes", default="",
                    help="class names: 'a,b,c', a file with one per line, or a built data set "
                         "directory (build eval with --classes=TRAIN_DIR); default: from the labels")

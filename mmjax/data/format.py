@@ -13,6 +13,9 @@ example per record, see codec.py; read in sorted order) and `spec.json`:
     optional_modalities  optional: the modalities some examples lack
     tasks, target_size   optional: what the examples are labelled for (targets.py);
                          absent tasks mean ['classification']
+    target_text          with task 'generate': {max_tokens (media.target_tokens_needed of the
+                         longest target with `tokenizer`: its ids + BOS + EOS; 0 where not
+                         measured, as for TFDS), and from a build max_bytes and tokenizer}
     shards               optional: the shard file names, which readers open and a rebuild
                          replaces (absent in older data sets: every complete data-i-of-N set)
     build.report         optional: the name of the skipped-rows report the build wrote here
@@ -130,6 +133,13 @@ def _validate_targets(spec: dict, where: str) -> None:
         size = spec.get("target_size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"{where}: 'target_size' must be a positive int for regression, got {size!r}")
+    if "generate" in tasks:
+        info = spec.get("target_text")
+        counts = [info.get(k, 0) for k in ("max_tokens", "max_bytes")] if isinstance(info, dict) else [None]
+        if not isinstance(info, dict) or "max_tokens" not in info or not isinstance(info.get("tokenizer", ""), str) \
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+            raise ValueError(f"{where}: 'target_text' must be an object with a non-negative int 'max_tokens' "
+                             f"(and optional max_bytes, tokenizer) for task generate, got {info!r}")
     if ("classification" in tasks or "multilabel" in tasks) and spec["num_classes"] < 1:
         raise ValueError(f"{where}: a data set with class labels needs num_classes >= 1")
 

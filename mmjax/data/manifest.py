@@ -3,7 +3,9 @@
 Fields: `image` (path to a picture), `audio` (path to a WAV file), `text` (a string), and
 targets: `label` (an integer class id or a class name), `labels` (multi-label: a list of
 class ids or names, possibly empty; in CSV separated by ';') and `target` (regression: a
-number or a list of numbers, the same count in every row; in CSV separated by ';').
+number or a list of numbers, the same count in every row; in CSV separated by ';') and
+`target_text` (generation: the text a decoder should write, a string; `text` is then the
+prompt or question, if the data set has one).
 Every row of a data set has the same modalities: those of `--modalities`, else the CSV
 header's, else the first JSON object's; and the same targets: the CSV header's, else
 those of the first JSON object that has any. A modality named in `--optional_modalities`
@@ -27,9 +29,10 @@ from collections.abc import Sequence
 from mmjax.contract import MODALITIES
 from mmjax.data.format import SPEC_FILE
 
-TARGETS = ("label", "labels", "target")
+TARGETS = ("label", "labels", "target", "target_text")
 FIELDS = (*MODALITIES, *TARGETS)
-TASK_OF_TARGET = {"label": "classification", "labels": "multilabel", "target": "regression"}
+TASK_OF_TARGET = {"label": "classification", "labels": "multilabel", "target": "regression",
+                  "target_text": "generate"}
 
 
 class ManifestError(ValueError):
@@ -42,7 +45,8 @@ class Row:
 
     line: int
     fields: dict  # 'image'/'audio': absolute path, 'text': str, 'label': int,
-    # 'labels': sorted distinct ints, 'target': list of floats (absent modalities: no key)
+    # 'labels': sorted distinct ints, 'target': list of floats, 'target_text': str
+    # (absent modalities: no key)
 
 
 @dataclasses.dataclass
@@ -148,7 +152,7 @@ def _csv_records(path: str, lines, need_target: bool) -> tuple[list[tuple[int, o
         raise ManifestError(f"{path} line 1: a column is named twice in {header}")
     if need_target and not set(header) & set(TARGETS):
         raise ManifestError(f"{path} line 1: the header has no 'label' column (or 'labels' for "
-                            "multi-label, 'target' for regression)")
+                            "multi-label, 'target' for regression, 'target_text' for generation)")
     records: list[tuple[int, object]] = [(n, _Bad("is not valid UTF-8"))
                                          for n, t in lines[1:] if t is None]
     good = [(n, t) for n, t in lines[1:] if t is not None]
@@ -228,6 +232,11 @@ def _check_targets(obj: dict, targets: Sequence[str], target_origin: str) -> dic
                              for v in values):
             raise _Bad(f"'target' must be a finite number or a non-empty list of them, got {target!r}")
         fields["target"] = [float(v) for v in values]
+    if "target_text" in targets:
+        text = obj["target_text"]
+        if not isinstance(text, str):
+            raise _Bad(f"'target_text' must be a string, got {type(text).__name__} {text!r}")
+        fields["target_text"] = text
     return fields
 
 

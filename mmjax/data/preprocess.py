@@ -66,7 +66,7 @@ def preprocess_example(example: dict, modalities: Sequence[str], *, image_size: 
     for m in modalities:
         if m in optional:
             out[presence_key(m)] = np.asarray(m in example, np.bool_)
-    out.update(targets.example_targets(example, target_fields, task, num_classes))
+    out.update(targets.example_targets(example, target_fields, task, num_classes, tokenizer))
     return out
 
 
@@ -87,11 +87,12 @@ class Preprocess(grain.transforms.Map):
         """For config.modalities and config.loss.task; `spec` (the data set's) gives the
         target shapes and which modalities may be absent (None: classification, none)."""
         d = config.data
-        tokenizer = make_tokenizer(d.tokenizer) if "text" in config.modalities else None
         task = targets.task_of(config)
+        # The text's tokenizer also tokenizes a 'generate' target (contract.STORED_FIELD).
+        tokenizer = make_tokenizer(d.tokenizer) if "text" in config.modalities or task == "generate" else None
         return cls(config.modalities, image_size=d.image_size, audio_samples=d.audio_samples,
                    text_length=d.text_length, num_classes=num_classes, tokenizer=tokenizer,
-                   task=task, target_fields=targets.batch_fields(spec, task),
+                   task=task, target_fields=targets.batch_fields(spec, task, d.target_length),
                    optional=[m for m in optional_modalities(spec) if m in config.modalities])
 
     def map(self, element):

@@ -41,6 +41,12 @@ one per third of the clip (the pitches above), and the text writes them out ("co
 the word's case varying). The label (a class as well) is the first digit. Only the whole
 code identifies an example: retrieving its partner needs every digit in both modalities.
 
+The 'describe' task is for text generation (config.loss.task='generate'): the image shows
+digit A, the audio plays note B (both as above, independent) and the text asks for a
+description ("describe what you see and hear", several templates with the filler words);
+the target text names both, "<A> and <B>" in words ("seven and three"). The label (a class
+as well) is A. Each modality names one half of the target, so exact matches need both.
+
 `generate` is a pure function of its arguments; `ensure_synthetic` writes a train and an
 eval split once into the cache directory and reuses them afterwards.
 """
@@ -103,6 +109,12 @@ CODE_DIGITS = 3
 NUM_CODES = NUM_CLASSES ** CODE_DIGITS
 PAIRED_STATEMENTS = ("code {}", "Code {}", "CODE {}")  # the digits at the same places in each
 PAIRED_TEXT_BYTES = max(len(t) for t in PAIRED_STATEMENTS) - 2 + 2 * CODE_DIGITS - 1
+# Describe task: the prompts, and the target naming the digit and then the note.
+DESCRIBE_PROMPTS = ("describe what you see and hear", "what is shown and played?", "describe it",
+                    "name the digit and the note", "what do you see and hear?", "describe both")
+DESCRIBE_TARGET = "{} and {}"
+DESCRIBE_TARGET_BYTES = 2 * max(map(len, CLASS_NAMES)) + len(DESCRIBE_TARGET) - 4
+DESCRIBE_TEXT_BYTES = max(map(len, DESCRIBE_PROMPTS)) + max(map(len, PREFIXES)) + max(map(len, SUFFIXES))
 
 _PIXEL_NOISE = 8.0  # std of the Gaussian pixel noise, in 0..255 units
 _FADE = 32  # samples of linear fade in/out, so tone edges do not smear across mel bins
@@ -172,9 +184,10 @@ def _make_audio(rng: np.random.Generator, freqs: np.ndarray, rate: int, max_samp
 
 
 def _make_texts(rng: np.random.Generator, selectors: np.ndarray,
-                labels: np.ndarray | None = None) -> list[str]:
+                labels: np.ndarray | None = None, prompts: tuple[str, ...] = ()) -> list[str]:
     """One question per example asking about the image (S=0) or the audio (S=1); with
-    `labels` (the redundant task), a statement naming labels[i] instead."""
+    `labels` (the redundant task), a statement naming labels[i] instead; with `prompts`
+    (the describe task), one of them."""
     n = len(selectors)
     q = rng.integers(0, len(IMAGE_QUESTIONS), n)
     pre = rng.integers(0, len(PREFIXES), n)
@@ -182,7 +195,9 @@ def _make_texts(rng: np.random.Generator, selectors: np.ndarray,
     cap = rng.random(n) < 0.3
     texts = []
     for i in range(n):
-        if labels is not None:
+        if prompts:
+            body = prompts[q[i] % len(prompts)]
+        elif labels is not None:
             body = REDUNDANT_STATEMENTS[q[i]].format(CLASS_NAMES[labels[i]])
         else:
             body = (IMAGE_QUESTIONS if selectors[i] == IMAGE else AUDIO_QUESTIONS)[q[i]]
@@ -202,7 +217,8 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
     For 'multilabel' the examples have 'labels' (int32 ids of {A, B, C}) instead of
     'label' and latents are (A, B, C); for 'regression' they have 'target' (float32 [1])
     instead, and latents are (A, -1, S): the pitch is continuous. For 'paired' the latents
-    are the code's digits (first = the label).
+    are the code's digits (first = the label). For 'describe' the examples also have
+    'target_text' ("<A> and <B>"); latents are (A, B, -1).
     """
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
@@ -213,6 +229,9 @@ def generate(num_examples: int, seed: int, *, image_size: int = 16, audio_rate: 
     if task == "paired":
         return _generate_paired(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
                                 audio_samples=audio_samples)
+    if task == "describe":
+        return _generate_describe(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
+                                  audio_samples=audio_samples)
     if task in ("multilabel", "regression"):
         return _generate_variant(num_examples, seed, image_size=image_size, audio_rate=audio_rate,
                                  audio_samples=audio_samples, task=task)
@@ -260,6 +279,21 @@ def _generate_variant(num_examples: int, seed: int, *, image_size: int, audio_ra
             example["target"] = np.asarray([position[i]], np.float32)
         examples.append(example)
     return examples, np.stack([a, b, c], axis=1)
+
+
+def _generate_describe(num_examples: int, seed: int, *, image_size: int, audio_rate: int,
+                       audio_samples: int) -> tuple[list[dict], np.ndarray]:
+    """The 'describe' task (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, NUM_CLASSES, num_examples)
+    b = rng.integers(0, NUM_CLASSES, num_examples)
+    images = _draw_images(rng, a, image_size)
+    audio, lengths = _make_audio(rng, pitch_frequencies(audio_rate)[b], audio_rate, audio_samples)
+    texts = _make_texts(rng, np.zeros(num_examples, np.int64), prompts=DESCRIBE_PROMPTS)
+    examples = [{"image": images[i], "audio": audio[i, : lengths[i]].copy(), "text": texts[i],
+                 "label": int(a[i]), "target_text": DESCRIBE_TARGET.format(CLASS_NAMES[a[i]], CLASS_NAMES[b[i]])}
+                for i in range(num_examples)]
+    return examples, np.stack([a, b, np.full(num_examples, -1)], axis=1)
 
 
 def _generate_paired(num_examples: int, seed: int, *, image_size: int, audio_rate: int,
@@ -339,6 +373,10 @@ def make_spec(*, image_size: int, audio_rate: int, audio_samples: int,
         spec.update(tasks=["regression"], target_size=1, num_classes=0, class_names=[])
     elif task == "paired":  # the label is the code's first digit; the texts spell three digits
         spec["modalities"]["text"]["max_bytes"] = PAIRED_TEXT_BYTES
+    elif task == "describe":  # byte tokens of the longest target, BOS and EOS included
+        spec["tasks"] = ["classification", "generate"]
+        spec["modalities"]["text"]["max_bytes"] = DESCRIBE_TEXT_BYTES
+        spec["target_text"] = {"max_tokens": DESCRIBE_TARGET_BYTES + 2}
     return spec
 
 

@@ -4,14 +4,19 @@ A stored example carries one or more of:
   'label'   int class id                    -> task 'classification'
   'labels'  int32 [k] distinct class ids    -> task 'multilabel' (k may be 0)
   'target'  float32 [T]                     -> task 'regression'
+  'target_text' str                         -> task 'generate'
 spec.json lists those it has in 'tasks' (absent: ['classification'], as in every data set
 written before multi-label and regression existed) and gives T as 'target_size'. The
-classes of 'label' and 'labels' are the spec's class_names.
+classes of 'label' and 'labels' are the spec's class_names. A 'generate' data set's spec
+has 'target_text': {'max_tokens': ids of its longest target, BOS and EOS included, with
+the tokenizer it was built for}.
 
 config.loss.task picks one; the batch then carries what the objective reads:
 'classification' label int32 [B]; 'multilabel' label float32 [B, C] multi-hot;
-'regression' target float32 [B, T]; 'none' (contrastive only) label int32 [B] when the
-data have class labels, else nothing.
+'regression' target float32 [B, T]; 'generate' target_tokens int32 [B, T] and
+target_length int32 [B] (T = config.data.target_length; the text is tokenized here with
+the run's tokenizer, media.encode_target); 'none' (contrastive only) label int32 [B] when
+the data have class labels, else nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mmjax.contract import LABELLED_TASKS, STORED_FIELD, TASKS
+from mmjax import media
+from mmjax.contract import LABELLED_TASKS, STORED_FIELD, TARGET_LENGTH, TARGET_TOKENS, TASKS
 
 
 def task_of(config: Any) -> str:
@@ -47,6 +53,21 @@ def check_task(spec: Mapping, task: str, where: str) -> None:
         f"build a data set whose manifest rows have {STORED_FIELD[task]!r}")
 
 
+def target_max_tokens(spec: Mapping | None) -> int:
+    """Tokens the data set's longest target text needs, BOS and EOS included (0: not known)."""
+    return int(((spec or {}).get("target_text") or {}).get("max_tokens", 0))
+
+
+def cut_targets_note(spec: Mapping | None, task: str, target_length: int, where: str) -> str | None:
+    """A line when the data set's longest target text needs more than data.target_length
+    tokens (those are cut, ending with EOS), else None."""
+    needed = target_max_tokens(spec)
+    if task != "generate" or needed <= target_length:
+        return None
+    return (f"target texts of {where} need up to {needed} tokens but data.target_length={target_length}: longer "
+            f"ones are cut; set --config.data.target_length={needed} to keep them whole")
+
+
 def check_same_targets(train_spec: Mapping, eval_spec: Mapping, task: str) -> None:
     """Train and eval must have the same number of regression targets."""
     if task == "regression" and train_spec.get("target_size") != eval_spec.get("target_size"):
@@ -63,12 +84,17 @@ def num_outputs(spec: Mapping | None, task: str, default_classes: int = 0) -> in
     return max(1, classes)  # task 'none' on data without classes still builds a (unused) head
 
 
-def batch_fields(spec: Mapping | None, task: str) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """{batch key: (per-example shape, dtype)} of the target fields for `task`."""
+def batch_fields(spec: Mapping | None, task: str, target_length: int = 0) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{batch key: (per-example shape, dtype)} of the target fields for `task`;
+    `target_length` (config.data.target_length) is the tokens of a 'generate' target."""
     if task == "classification" or (task == "none" and "classification" in spec_tasks(spec)):
         return {"label": ((), np.int32)}
     if task == "none":
         return {}
+    if task == "generate":
+        if target_length < 2:
+            raise ValueError(f"config.data.target_length={target_length} leaves no room for BOS and EOS; use >= 2")
+        return {TARGET_TOKENS: ((int(target_length),), np.int32), TARGET_LENGTH: ((), np.int32)}
     if spec is None:
         raise ValueError(f"config.loss.task={task!r} needs the data set's spec for the target shape")
     if task == "multilabel":
@@ -77,8 +103,14 @@ def batch_fields(spec: Mapping | None, task: str) -> dict[str, tuple[tuple[int, 
 
 
 def example_targets(example: Mapping, fields: Mapping[str, tuple], task: str,
-                    num_classes: int | None = None) -> dict[str, np.ndarray]:
-    """A stored example's target fields as batch-row arrays (`fields` from batch_fields)."""
+                    num_classes: int | None = None, tokenizer=None) -> dict[str, np.ndarray]:
+    """A stored example's target fields as batch-row arrays (`fields` from batch_fields);
+    `tokenizer` (the run's, media.make_tokenizer) tokenizes a 'generate' target text."""
+    if task == "generate":
+        if STORED_FIELD[task] not in example:
+            raise ValueError(f"stored example has no {STORED_FIELD[task]!r} field (it has {sorted(example)})")
+        tokens, length = media.encode_target(example[STORED_FIELD[task]], fields[TARGET_TOKENS][0][0], tokenizer)
+        return {TARGET_TOKENS: tokens, TARGET_LENGTH: length}
     out = {}
     for key, (shape, _) in fields.items():
         name = "label" if task == "none" else STORED_FIELD[task]

@@ -4,13 +4,16 @@ config.data.train = 'tfds:NAME' (NAME may carry a config and version: 'name/conf
 with config.data.tfds.{data_dir, train_split, eval_split, features, audio_rate}.
 `features` maps mmjax's names to the data set's features, 'image=img,text=caption,
 label=digit'; names it leaves out map to themselves when the data set has such a feature.
-The label must be a ClassLabel (its names become the class names).
+The label must be a ClassLabel (its names become the class names). `target_text=FEATURE`
+(a Text feature) gives the examples a target text for loss.task 'generate' (then `text`, if
+mapped, is the prompt); a data set needs a label, a target text or both.
 
 Each record is converted on read, in the pipeline's worker threads or processes:
 images to RGB uint8 [image_size, image_size, 3] (shorter side resized, centre crop),
-audio (a 1-D Tensor or Audio feature) to mono float32 at data.audio_rate, text (a Text
-feature, bytes) to str. The spec describes the records after conversion; TFDS does not
-record clip lengths, so clips longer than data.audio_samples are cut by the pipeline.
+audio (a 1-D Tensor or Audio feature) to mono float32 at data.audio_rate, text and
+target_text (Text features, bytes) to str. The spec describes the records after conversion; TFDS does not
+record clip lengths, so clips longer than data.audio_samples are cut by the pipeline, nor
+text lengths, so the spec's target_text.max_tokens is 0 (not measured).
 TensorFlow is not needed: TFDS reads ArrayRecord files with numpy decoders.
 
 A prepared data set's features.json names a Python class for each feature, and TFDS
@@ -31,7 +34,8 @@ from mmjax import media
 from mmjax.data.format import FORMAT, validate_spec
 
 PREFIX = "tfds:"
-_MMJAX_NAMES = ("image", "text", "audio", "label")
+_MMJAX_NAMES = ("image", "text", "audio", "label", "target_text")
+_INPUTS = ("image", "text", "audio")
 
 
 def parse_features(text: str) -> dict[str, str]:
@@ -82,7 +86,7 @@ class TfdsRecords:
             elif ours == "audio":
                 value = media.resample(media.to_mono_float(np.asarray(value)), self.from_rate,
                                         self.audio_rate)
-            elif ours == "text":
+            elif ours in ("text", "target_text"):
                 value = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             elif ours == "label":
                 value = int(value)
@@ -131,14 +135,17 @@ def open_tfds(name: str, split: str, config_data):
         if theirs not in features:
             raise ValueError(f"config.data.tfds.features maps {ours!r} to {theirs!r}, but {name} "
                              f"has only the features {', '.join(sorted(features))}")
-    if "label" not in mapping:
-        raise ValueError(f"{name} has no 'label' feature; map one with "
-                         "--config.data.tfds.features='label=FEATURE'")
-    label = features[mapping["label"]]
-    if not isinstance(label, tfds.features.ClassLabel):
+    if "label" not in mapping and "target_text" not in mapping:
+        raise ValueError(f"{name} has no 'label' feature; map one with --config.data.tfds.features='label=FEATURE' "
+                         "(or 'target_text=FEATURE' for loss.task generate)")
+    label = features[mapping["label"]] if "label" in mapping else None
+    if label is not None and not isinstance(label, tfds.features.ClassLabel):
         raise ValueError(f"{name}: the label feature {mapping['label']!r} must be a ClassLabel, "
                          f"it is {type(label).__name__}")
-    if len(mapping) == 1:
+    if "target_text" in mapping and not isinstance(features[mapping["target_text"]], tfds.features.Text):
+        raise ValueError(f"{name}: the target_text feature {mapping['target_text']!r} must be a Text feature, "
+                         f"it is {type(features[mapping['target_text']]).__name__}")
+    if not set(mapping) & set(_INPUTS):
         raise ValueError(f"{name}: no feature maps to image, text or audio; set "
                          "config.data.tfds.features, e.g. 'image=img,text=caption'")
     from_rate = int(t.audio_rate) or int(config_data.audio_rate)
@@ -159,7 +166,11 @@ def open_tfds(name: str, split: str, config_data):
     if "text" in mapping:
         modalities["text"] = {"max_bytes": int(config_data.text_length)}
     spec = {"format": FORMAT, "num_examples": len(records),
-            "num_classes": int(label.num_classes), "class_names": list(label.names),
+            "num_classes": int(label.num_classes) if label else 0, "class_names": list(label.names) if label else [],
             "modalities": modalities, "tfds": {"name": dataset, "split": tfds_split,
                                                "features": mapping}}
+    if "target_text" in mapping:  # older readers and specs: classification only
+        spec["tasks"] = [task for task, ours in (("classification", "label"), ("generate", "target_text"))
+                         if ours in mapping]
+        spec["target_text"] = {"max_tokens": 0}  # TFDS records no text lengths
     return records, validate_spec(spec, where=where)

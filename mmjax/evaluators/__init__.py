@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from mmjax.evaluators.base import Context, Evaluator, data_name
+from mmjax.evaluators.generate import GenerateEvaluator
 from mmjax.evaluators.linear_probe import LinearProbe
 from mmjax.evaluators.retrieval import Retrieval
 from mmjax.evaluators.task import TaskEvaluator
@@ -23,7 +24,8 @@ from mmjax.evaluators.without_modality import SHORTHAND, WithoutModality
 from mmjax.evaluators.zeroshot import ZeroShot
 
 KINDS: dict[str, type[Evaluator]] = {"task": TaskEvaluator, "without_modality": WithoutModality,
-                                     "retrieval": Retrieval, "zeroshot": ZeroShot, "linear_probe": LinearProbe}
+                                     "retrieval": Retrieval, "zeroshot": ZeroShot, "linear_probe": LinearProbe,
+                                     "generate": GenerateEvaluator}
 
 __all__ = ["KINDS", "Context", "Evaluator", "build", "data_names", "entries"]
 

@@ -12,8 +12,16 @@ config.fusion.aux_weight > 0, 'unimodal' {modality: [B, C]}, each modality's own
 outputs on its masked-mean-pooled encoder tokens (heads.UnimodalHeads).
 The head's outputs are class logits, per-class logits (multi-label) or regression values.
 
-Parameter tree: {'image', 'text', 'audio' (those configured), 'fusion', 'head',
-'contrastive' (with a contrastive loss), 'unimodal' (with per-modality heads)}.
+With config.loss.task='generate' the fusion core and head give way to a text decoder
+(models/decoder.py) over the encoders' tokens: the outputs are teacher-forced logits
+[B, T - 1, V] of batch['target_tokens'][:, 1:] given [:, :-1], and two more methods decode:
+
+    logits, cache = model.apply(variables, batch, max_length, method=model.prefill)
+    logits, cache = model.apply(variables, tokens, cache, method=model.decode_step)
+
+Parameter tree: {'image', 'text', 'audio' (those configured), 'fusion', 'head' (or
+'decoder' when generating), 'contrastive' (with a contrastive loss), 'unimodal' (with
+per-modality heads)}.
 """
 from __future__ import annotations
 
@@ -22,11 +30,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mmjax.config.schema import check_modalities_fit, contrastive_modalities
-from mmjax.contract import MODALITIES
+from mmjax import media
+from mmjax.contract import MODALITIES, TARGET_TOKENS
 from mmjax.models import layers, missing
+from mmjax.models.decoder import DECODERS
 from mmjax.models.audio import AUDIO_ENCODERS
 from mmjax.models.fusion import FUSIONS
 from mmjax.models.heads import HEAD_STYLES, ClassificationHead, ContrastiveHead, UnimodalHeads
@@ -50,13 +61,14 @@ class MultimodalClassifier(nn.Module):
     holds exactly the configuration it needs and nothing of the ConfigDict itself.
     """
 
-    fusion: nn.Module
-    head: nn.Module
+    fusion: nn.Module | None  # None (and head None) when a decoder generates text instead
+    head: nn.Module | None
     image: nn.Module | None = None
     text: nn.Module | None = None
     audio: nn.Module | None = None
     contrastive: nn.Module | None = None
     unimodal: nn.Module | None = None
+    decoder: nn.Module | None = None  # loss.task 'generate' (models/decoder.py)
     modality_dropout: float = 0.0
 
     def encoders(self) -> list[tuple[str, nn.Module]]:
@@ -65,7 +77,47 @@ class MultimodalClassifier(nn.Module):
 
     def __call__(self, batch: Mapping[str, jax.Array], train: bool = False, *, aux: bool = False):
         """batch: dict with the configured modalities' keys (others are ignored) and
-        optional present_<modality> flags. Returns logits, or (logits, aux) if aux."""
+        optional present_<modality> flags (and target_tokens with a decoder). Returns
+        logits, or (logits, aux) if aux."""
+        features, keep, names, tower_pooled = self._features(batch, train)
+        if self.decoder is not None:
+            if TARGET_TOKENS not in batch:
+                raise ValueError(f"the decoder reads batch[{TARGET_TOKENS!r}], which the batch lacks "
+                                 f"(keys {sorted(batch)})")
+            logits = self.decoder(features, batch[TARGET_TOKENS][:, :-1], train=train)
+        else:
+            logits = self.head(self.fusion(features, train=train))
+        extras: dict[str, Any] = {"present": {m: keep[:, i] for i, m in enumerate(names)}}
+        if self.contrastive is not None:  # also without aux, so init creates its parameters
+            if tower_pooled:
+                pooled = tower_pooled
+            elif self.contrastive.pool == "map":
+                pooled = {m: features[m] for m in self.contrastive.modalities}
+            else:
+                pooled = {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
+            extras.update(self.contrastive(pooled))
+        if self.unimodal is not None:  # likewise: the heads exist whether or not aux is asked for
+            extras["unimodal"] = self.unimodal({m: layers.masked_mean(*features[m]) for m in self.unimodal.modalities})
+        return (logits, extras) if aux else logits
+
+    def prefill(self, batch: Mapping[str, jax.Array], max_length: int):
+        """Decoding's first step: the encoders, then BOS -> (logits [B, V] of the first
+        target token, the decoder's KVCache for max_length target tokens, BOS included)."""
+        features, _, _, _ = self._features(batch, False)
+        size = next(iter(features.values()))[0].shape[0]
+        cache = self.decoder.empty_cache(features, size, max_length)
+        bos = jnp.full((size, 1), self.decoder.bos_id, jnp.int32)
+        logits, cache = self.decoder(features, bos, train=False, cache=cache)
+        return logits[:, -1], cache
+
+    def decode_step(self, tokens: jax.Array, cache):
+        """One decoding step: tokens [B] appended -> (logits [B, V] of the next, the cache)."""
+        logits, cache = self.decoder(None, tokens[:, None], train=False, cache=cache)
+        return logits[:, -1], cache
+
+    def _features(self, batch: Mapping[str, jax.Array], train: bool):
+        """The encoders' ({modality: (tokens, mask)} with absent and dropped modalities
+        masked, keep [B, M], their names, towers' pooled outputs the contrastive head reads)."""
         features, tower_pooled = {}, {}
         # A 'clip'/'siglip' contrastive head reads its towers' own pooled outputs.
         wants_pooled = self.contrastive is not None and HEAD_STYLES[self.contrastive.style].pool == "tower"
@@ -89,19 +141,7 @@ class MultimodalClassifier(nn.Module):
         features = {
             m: (x, mask & keep[:, i, None]) for i, (m, (x, mask)) in enumerate(features.items())
         }
-        logits = self.head(self.fusion(features, train=train))
-        extras: dict[str, Any] = {"present": {m: keep[:, i] for i, m in enumerate(names)}}
-        if self.contrastive is not None:  # also without aux, so init creates its parameters
-            if tower_pooled:
-                pooled = tower_pooled
-            elif self.contrastive.pool == "map":
-                pooled = {m: features[m] for m in self.contrastive.modalities}
-            else:
-                pooled = {m: layers.masked_mean(*features[m]) for m in self.contrastive.modalities}
-            extras.update(self.contrastive(pooled))
-        if self.unimodal is not None:  # likewise: the heads exist whether or not aux is asked for
-            extras["unimodal"] = self.unimodal({m: layers.masked_mean(*features[m]) for m in self.unimodal.modalities})
-        return (logits, extras) if aux else logits
+        return features, keep, names, tower_pooled
 
 
 def contrastive_head(config: Any) -> ContrastiveHead | None:
@@ -133,7 +173,8 @@ def build_model(config: Any, num_classes: int) -> MultimodalClassifier:
     """The model for config.modalities, config.model.<modality>, config.fusion (the core and
     the per-modality heads of fusion.aux_weight), the head (config.model.head_norm) and
     config.loss.contrastive; num_classes is the number of head outputs (classes, labels or
-    regression targets).
+    regression targets). loss.task 'generate' puts config.decoder in place of the fusion
+    core and head (num_classes then unused).
 
     The config's values are trusted (mmjax.config.validate checked them), except that the
     keys naming modalities are checked again here: the data may have narrowed
@@ -143,9 +184,16 @@ def build_model(config: Any, num_classes: int) -> MultimodalClassifier:
     if int(num_classes) < 1:
         raise ValueError(f"num_classes={num_classes} must be at least 1")
     encoders = {m: ENCODERS[m][config.model[m].kind].from_config(config) for m in config.modalities}
+    if config.loss.task == "generate":  # the decoder's vocabulary is the run's tokenizer's target vocabulary
+        vocab = media.target_vocab(media.make_tokenizer(config.data.tokenizer))
+        fusion, head, decoder = None, None, DECODERS[config.decoder.kind].from_config(config, vocab)
+    else:
+        fusion, decoder = FUSIONS[config.fusion.kind].from_config(config), None
+        head = ClassificationHead(int(num_classes), norm=bool(config.model.head_norm))
     return MultimodalClassifier(
-        fusion=FUSIONS[config.fusion.kind].from_config(config),
-        head=ClassificationHead(int(num_classes), norm=bool(config.model.head_norm)),
+        fusion=fusion,
+        head=head,
+        decoder=decoder,
         contrastive=contrastive_head(config),
         unimodal=unimodal_heads(config, num_classes),
         modality_dropout=float(config.modality_dropout),

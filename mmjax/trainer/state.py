@@ -67,7 +67,7 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int, *, eval: bo
     'weight' (0 for padding rows).
     """
     d, shapes = config.data, {}
-    for key, (shape, dtype) in targets.batch_fields(spec, targets.task_of(config)).items():
+    for key, (shape, dtype) in targets.batch_fields(spec, targets.task_of(config), d.target_length).items():
         shapes[key] = ((batch_size, *shape), dtype)
     if "image" in config.modalities:
         shapes["image"] = ((batch_size, d.image_size, d.image_size, 3), np.uint8)

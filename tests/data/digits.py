@@ -1,17 +1,21 @@
 """Real-data helpers: MNIST digit images paired with FSDD spoken digits, as build manifests.
 
-The data live in ../shared/data beside the checkout (see its README) and are never
-copied into the repository; `SHARED` is None when they are absent, and tests skip.
-Also a command that writes the image + audio data set of the measured run in BUILD.md:
+The data live in ../shared/data beside the checkout (see its README), or in
+$MMJAX_SHARED_DATA, and are never copied into the repository; `SHARED` is None when they
+are absent, and tests skip. Also a command that writes the data sets of the measured runs
+in BUILD.md:
 
     python tests/data/digits.py --out=/tmp/digits [--split=speaker --eval_speakers=theo]
     python tests/data/digits.py --out=/tmp/digits_ix --split=index
+    python tests/data/digits.py --out=/tmp/digits_gen --target_text [--data=/work/shared/data]
 
 writes OUT/{train,eval}.jsonl (+ the MNIST PNGs they point to); each FSDD recording of
 digit d is paired with its own MNIST image of d (train images from the first half of
 MNIST's test split, eval images from the second). --split=speaker holds out whole
 speakers; --split=index holds out recordings 0-4 of every speaker and digit (FSDD's own
 test split), so eval has the training speakers' voices but never the same recording.
+--target_text writes audio-only rows instead, each with the spoken word as target_text
+("seven") beside its label, for loss.task 'generate' and the classifier it is compared with.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import pathlib
 
 import numpy as np
 
-_DATA = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
-SHARED = _DATA if (_DATA / "fsdd" / "recordings").is_dir() and (_DATA / "mnist").is_dir() else None
+_DATA = pathlib.Path(os.environ.get("MMJAX_SHARED_DATA") or
+                     pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
+
+
+def _found(folder: pathlib.Path) -> pathlib.Path | None:
+    return folder if (folder / "fsdd" / "recordings").is_dir() and (folder / "mnist").is_dir() else None
+
+
+SHARED = _found(_DATA)
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def mnist(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -71,21 +84,40 @@ def write_pairs(out: pathlib.Path, name: str, wavs, images: np.ndarray, labels: 
     return manifest
 
 
+def write_words(out: pathlib.Path, name: str, wavs) -> pathlib.Path:
+    """Writes `out/name.jsonl`: one audio-only row per WAV, its spoken word as target_text
+    and the word as its label too (absolute WAV paths)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"audio": str(wav), "label": WORDS[digit], "target_text": WORDS[digit]} for wav, digit, _, _ in wavs]
+    manifest = out / f"{name}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
 def main() -> None:
+    global SHARED
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--split", default="speaker", choices=("speaker", "index"))
     parser.add_argument("--eval_speakers", default="theo")
+    parser.add_argument("--target_text", action="store_true",
+                        help="audio-only rows with the spoken word as target_text (and label)")
+    parser.add_argument("--data", default="", help=f"the shared data folder (default $MMJAX_SHARED_DATA or {_DATA})")
     args = parser.parse_args()
+    SHARED = _found(pathlib.Path(args.data)) if args.data else SHARED
     if SHARED is None:
-        raise SystemExit(f"no real data at {_DATA}")
+        raise SystemExit(f"no real data (fsdd/recordings and mnist) at {args.data or _DATA}")
     out = pathlib.Path(args.out)
     eval_speakers = tuple(args.eval_speakers.split(","))
-    images, labels = mnist()
-    half = len(images) // 2
     held_out = (lambda r: r[2] in eval_speakers) if args.split == "speaker" else (lambda r: r[3] < 5)
     train = [r for r in recordings() if not held_out(r)]
     held = [r for r in recordings() if held_out(r)]
+    if args.target_text:
+        for name, wavs in (("train", train), ("eval", held)):
+            print(f"{write_words(out, name, wavs)}: {len(wavs)} rows")
+        return
+    images, labels = mnist()
+    half = len(images) // 2
     for name, wavs, lo, hi in (("train", train, 0, half), ("eval", held, half, len(images))):
         path = write_pairs(out, name, wavs, images[lo:hi], labels[lo:hi])
         print(f"{path}: {len(wavs)} rows")

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from mmjax import media
 from mmjax.data import pipeline, sources
 
 NAMES = ["cat", "dog", "eel"]
@@ -52,7 +53,7 @@ def _config(data_dir, features="image=img,text=caption,audio=wave,label=kind", *
                                        loss=dict(task="classification")))
     c.data = ml_collections.ConfigDict(dict(
         train="tfds:mmjax_test_tiny", eval="tfds:mmjax_test_tiny", image_size=8, audio_rate=8000,
-        audio_samples=256, text_length=16, workers=0, tokenizer="bytes", image_processor="", augment=None,
+        audio_samples=256, text_length=16, target_length=12, workers=0, tokenizer="bytes", image_processor="", augment=None,
         tfds=ml_collections.ConfigDict(dict(data_dir=data_dir, train_split="train",
                                             eval_split="test", features=features,
                                             audio_rate=16000)),
@@ -115,3 +116,29 @@ def test_train_on_tfds(tiny_config, data_dir, tmp_path):
                          checkpoint_every=3)
     result = train.train(config, str(tmp_path / "run"))
     assert config.modalities == ("image",) and 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+def test_a_text_feature_maps_to_target_text_for_generate(data_dir):
+    """features 'target_text=caption': stored strings, task generate, with or without a label."""
+    both = sources.open_source("tfds:mmjax_test_tiny", "train",
+                               _config(data_dir, features="audio=wave,label=kind,target_text=caption").data)
+    assert both.spec["tasks"] == ["classification", "generate"] and both.spec["target_text"] == {"max_tokens": 0}
+    rec = both.records[3]
+    assert rec["target_text"].startswith("example ") and "text" not in rec
+    assert rec["label"] == int(rec["target_text"].split()[1]) % 3
+    alone = sources.open_source("tfds:mmjax_test_tiny", "eval",
+                                _config(data_dir, features="image=img,target_text=caption").data)
+    assert alone.spec["tasks"] == ["generate"] and alone.spec["num_classes"] == 0
+    assert sorted(alone.records[i]["target_text"] for i in range(5)) == [f"example {i}" for i in range(100, 105)]
+    assert "label" not in alone.records[0]
+    config = _config(data_dir, features="image=img,target_text=caption")
+    config.loss.task, config.modalities = "generate", ("image",)
+    it = pipeline.train_batches(sources.open_source("tfds:mmjax_test_tiny", "train", config.data), config,
+                                global_batch=4)
+    batch = next(it)
+    it.close()
+    texts = [media.decode_target(row) for row in batch["target_tokens"]]  # cut to target_length=12: 10 bytes
+    assert all(t.startswith("example ") and f"example {int(t.split()[1])}"[:10] == t for t in texts)
+    assert batch["target_length"].tolist() == [len(t) + 2 for t in texts]
+    with pytest.raises(ValueError, match="the target_text feature 'kind' must be a Text feature, it is ClassLabel"):
+        sources.open_source("tfds:mmjax_test_tiny", "train", _config(data_dir, features="image=img,target_text=kind").data)

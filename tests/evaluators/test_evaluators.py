@@ -46,7 +46,7 @@ def test_an_unknown_kind_names_the_entry(tiny_config):
     config = tiny_config()
     config.evals.eval.kind = "caption"
     with pytest.raises(ValueError, match=r"config.evals.eval.kind='caption' is not one of \['task', 'without_modality', "
-                                         r"'retrieval', 'zeroshot', 'linear_probe'\]"):
+                                         r"'retrieval', 'zeroshot', 'linear_probe', 'generate'\]"):
         evaluators.build(config, context=None)  # refused before anything is compiled
 
 

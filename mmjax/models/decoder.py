@@ -1,0 +1,284 @@
+"""Text decoders after the encoders (config.loss.task='generate'), with an explicit KV cache.
+
+    decoder = DECODERS[config.decoder.kind].from_config(config)
+    logits = decoder(features, tokens, train=True)                # teacher forcing, [B, T, V]
+    logits, cache = decoder(features, tokens, train=False, cache=decoder.empty_cache(...))
+    logits, cache = decoder(None, next_token[:, None], train=False, cache=cache)
+
+`features` is the encoders' {modality: (tokens [B, N, D_m], mask [B, N])} (fusion.Features);
+each modality's tokens are projected to the decoder width and tagged with a learned
+modality embedding; their masks say which are real (an absent modality's are all False).
+
+  'prefix'  prefix-LM (PaliGemma-style): one causal stack over [modality tokens; target
+            tokens]; the prefix attends to all of itself (full attention), each target
+            position to the whole prefix and the targets up to itself.
+  'cross'   a causal stack over the target tokens whose every block also cross-attends to
+            the modality tokens (Whisper / CapPa-style).
+
+Decoding. `empty_cache(features, batch, max_length)` allocates the cache; the first call
+with it (features given: the prefill) writes the prefix (prefix kind) or the
+cross-attention keys and values (cross kind) and the given target tokens; every later call
+(features None) appends its tokens. A step reads and writes the cache at `cache.length`, so
+each new token costs O(cache length), not a re-run of the sequence. Teacher forcing and
+decoding share every parameter.
+
+Logits cover `vocab_size` rounded up to VOCAB_MULTIPLE (so 'vocab' divides over 'tensor');
+the padding ids get -inf and are never predicted. Parameters and activations carry the
+logical names of layers.py ('vocab' and 'heads' split over 'tensor').
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mmjax.contract import MODALITIES
+from mmjax.models import layers
+from mmjax.models.fusion import Features, ordered
+from mmjax.models.layers import BLC, TransformerSpec
+
+VOCAB_MULTIPLE = 128  # logits' vocabulary padded to this, so any 'tensor' size up to 128 divides it
+HEADS_ACT = ("act_batch", "act_length", "act_heads", "act_kv")
+
+
+class KVCache(struct.PyTreeNode):
+    """Keys and values of every layer, [L, B, S, N, H]; key_mask [B, S] (which cache slots
+    hold real tokens); length: target tokens written so far (int32 scalar). Cross kind:
+    memory_k / memory_v [L, B, M, N, H] (the modality tokens' projections, written by the
+    prefill) and memory_mask [B, M]. prefix: the slots before the first target (prefix
+    kind: the modality tokens; cross kind: 0)."""
+
+    k: jax.Array
+    v: jax.Array
+    key_mask: jax.Array
+    length: jax.Array
+    memory_k: jax.Array | None = None
+    memory_v: jax.Array | None = None
+    memory_mask: jax.Array | None = None
+    prefix: int = struct.field(pytree_node=False, default=0)
+
+    def take(self, rows: jax.Array) -> "KVCache":
+        """The cache of batch rows `rows` (beam search reorders its beams with it)."""
+        def pick(x, axis):
+            return None if x is None else jnp.take(x, rows, axis=axis)
+        return self.replace(k=pick(self.k, 1), v=pick(self.v, 1), key_mask=pick(self.key_mask, 0),
+                            memory_k=pick(self.memory_k, 1), memory_v=pick(self.memory_v, 1),
+                            memory_mask=pick(self.memory_mask, 0))
+
+
+def _attend(q, k, v, mask, kind: str):
+    if kind == "einsum":
+        return layers.einsum_attention(q, k, v, mask)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + MLP(LN(x)).
+
+    Takes (x, layer cache) and returns (x, (k, v[, memory_k, memory_v])): this layer's keys
+    and values, written into the cache at `write` when a cache is given. Broadcast args:
+    mask [B, 1, n, S] of the self-attention, write (cache slot of x's first token),
+    memory [B, M, D] or None (then memory_k/v come from the cache), memory_mask [B, M].
+    """
+
+    spec: TransformerSpec
+    cross: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, layer_cache, mask, write, memory, memory_mask):
+        spec, dtype = self.spec, layers.compute_dtype(self.spec.dtype)
+        heads, head_dim = spec.heads, spec.width // spec.heads
+        drop = nn.Dropout(spec.dropout, deterministic=self.deterministic)
+
+        def proj(name):
+            return layers.dense((heads, head_dim), ("embed", "heads", "kv"), dtype=dtype, name=name)
+
+        def out(name):
+            return layers.dense(spec.width, ("heads", "kv", "embed"), n_in=2, dtype=dtype, name=name)
+
+        x = layers.constrain(x.astype(dtype), BLC)
+        h = layers.layer_norm(dtype, "ln_attn", spec.ln_eps)(x)
+        q, k, v = (layers.constrain(proj(n)(h), HEADS_ACT) for n in ("query", "key", "value"))
+        if layer_cache is not None:  # decoding: this step's keys join the cached ones
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, write, 0, 0))
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, write, 0, 0))
+        written = {"k": k, "v": v}
+        a = _attend(q, k.astype(dtype), v.astype(dtype), mask, spec.attention)
+        x = x + drop(out("out")(layers.constrain(a, HEADS_ACT)))
+        if self.cross:
+            h = layers.layer_norm(dtype, "ln_cross", spec.ln_eps)(x)
+            cq = layers.constrain(proj("cross_query")(h), HEADS_ACT)
+            if memory is not None:
+                mk = layers.constrain(proj("cross_key")(memory), HEADS_ACT)
+                mv = layers.constrain(proj("cross_value")(memory), HEADS_ACT)
+            else:
+                mk, mv = layer_cache["memory_k"].astype(dtype), layer_cache["memory_v"].astype(dtype)
+            a = _attend(cq, mk, mv, layers.attention_mask(memory_mask), spec.attention)
+            has_memory = jnp.any(memory_mask, axis=-1)[:, None, None]  # no real token: no update (CrossAttentionBlock)
+            x = x + drop(out("cross_out")(layers.constrain(a, HEADS_ACT))) * has_memory.astype(dtype)
+            written.update(memory_k=mk, memory_v=mv)
+        h = layers.layer_norm(dtype, "ln_mlp", spec.ln_eps)(x)
+        x = x + drop(layers.MLP(spec.mlp, spec.dropout, self.deterministic, dtype, spec.activation, name="mlp")(h))
+        return layers.constrain(x, BLC), written
+
+
+def _stack(spec: TransformerSpec, cross: bool, train: bool):
+    """`spec.depth` DecoderBlocks: one nn.scan named 'layers' (the layer caches scanned with
+    them) under spec.scan, else a loop of 'layer_<i>'; rematerialised as spec.remat says."""
+    block = DecoderBlock
+    if spec.remat != "none":
+        block = nn.remat(block, policy=layers.REMAT_POLICY[spec.remat], prevent_cse=not spec.scan)
+    if spec.scan:
+        scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                          length=spec.depth, unroll=spec.depth if spec.unroll else 1,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        return scanned(spec, cross, deterministic=not train, name="layers")
+    blocks = [block(spec, cross, deterministic=not train, name=f"layer_{i}") for i in range(spec.depth)]
+
+    def loop(x, caches, *args):
+        outs = []
+        for i, b in enumerate(blocks):
+            x, o = b(x, None if caches is None else jax.tree.map(lambda c: c[i], caches), *args)
+            outs.append(o)
+        return x, jax.tree.map(lambda *o: jnp.stack(o), *outs)
+    return loop
+
+
+@dataclasses.dataclass(frozen=True)
+class _DecoderKeys:
+    """config.decoder's stack keys in the shape TransformerSpec.from_config reads (the
+    decoder's blocks are always pre-LN GELU blocks with biases)."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+    final_norm: bool = True
+    norm: str = "pre"
+    ln_eps: float = layers.DEFAULT_LN_EPS
+    activation: str = "gelu_tanh"
+    attn_bias: bool = True
+    causal: bool = True
+
+
+class Decoder(nn.Module):
+    """Both kinds (see the module docstring); `cross` picks the form."""
+
+    spec: TransformerSpec
+    vocab_size: int  # media.target_vocab(tokenizer).size
+    max_length: int  # target positions (config.data.target_length)
+    cross: bool = False
+    bos_id: int = 0  # the target vocabulary's special ids (media.TargetVocab), for decoding
+    eos_id: int = 1
+    pad_id: int = 0
+
+    @classmethod
+    def from_config(cls, config: Any, vocab: Any) -> "Decoder":
+        """From config.decoder, config.model (dtype, remat, scan, attention) and
+        config.data.target_length; `vocab` is media.target_vocab(the run's tokenizer)."""
+        d = config.decoder
+        sub = _DecoderKeys(d.width, d.depth, d.heads, d.mlp)
+        spec = dataclasses.replace(TransformerSpec.from_config(sub, config.model, "config.decoder"),
+                                   dropout=float(d.dropout))
+        return cls(spec=spec, vocab_size=int(vocab.size), max_length=int(config.data.target_length),
+                   cross=d.kind == "cross", bos_id=int(vocab.bos_id), eos_id=int(vocab.eos_id),
+                   pad_id=int(vocab.pad_id))
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    def empty_cache(self, features: Features, batch: int, max_length: int) -> KVCache:
+        """A zero cache for `batch` rows and `max_length` target tokens (BOS included) after
+        the modality tokens of `features` (used for their shapes only)."""
+        spec, dtype = self.spec, layers.compute_dtype(self.spec.dtype)
+        memory = sum(x.shape[1] for _, _, x, _ in ordered(features))
+        prefix = 0 if self.cross else memory
+        slots = prefix + max_length
+        kv = jnp.zeros((spec.depth, batch, slots, spec.heads, spec.width // spec.heads), dtype)
+        extra = {}
+        if self.cross:
+            mem = jnp.zeros((spec.depth, batch, memory, spec.heads, spec.width // spec.heads), dtype)
+            extra = dict(memory_k=mem, memory_v=mem, memory_mask=jnp.zeros((batch, memory), bool))
+        return KVCache(k=kv, v=kv, key_mask=jnp.zeros((batch, slots), bool), length=jnp.zeros((), jnp.int32),
+                       prefix=prefix, **extra)
+
+    def _memory(self, features: Features, dtype) -> tuple[jax.Array, jax.Array]:
+        """The modality tokens at the decoder width, modality-tagged: [B, M, D], mask [B, M]."""
+        width = self.spec.width
+        table = self.param("modality_embed", layers.boxed(nn.initializers.normal(0.02), ("modality", "embed")),
+                           (len(MODALITIES), width), jnp.float32)
+        tokens, masks = [], []
+        for index, name, x, mask in ordered(features):
+            x = layers.dense(width, (None, "embed"), dtype=dtype, name=f"{name}_proj")(x.astype(dtype))
+            tokens.append(x + table[index].astype(dtype))
+            masks.append(mask.astype(bool))
+        return layers.constrain(jnp.concatenate(tokens, axis=1), BLC), jnp.concatenate(masks, axis=1)
+
+    @nn.compact
+    def __call__(self, features: Features | None, tokens: jax.Array, *, train: bool, cache: KVCache | None = None):
+        """tokens [B, n] int32 -> logits [B, n, padded_vocab] float32 (position i predicts token
+        i + 1); with a cache also the updated cache. features None: a decoding step."""
+        spec, dtype = self.spec, layers.compute_dtype(self.spec.dtype)
+        n = tokens.shape[1]
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.length  # target position of tokens[:, 0]
+        if n > self.max_length:
+            raise ValueError(f"{n} target tokens but the decoder has {self.max_length} positions "
+                             "(config.data.target_length)")
+        x = layers.TokenEmbedding(self.padded_vocab, spec.width, dtype, name="embed")(tokens)
+        positions = self.param("positions", layers.boxed(nn.initializers.normal(0.02), ("length", "embed")),
+                               (self.max_length, spec.width), jnp.float32)
+        x = x + jax.lax.dynamic_slice_in_dim(positions, start, n).astype(dtype)[None]
+        memory = memory_mask = None
+        if features is not None:
+            memory, memory_mask = self._memory(features, dtype)
+        elif cache is None or (self.cross and cache.memory_mask is None):
+            raise ValueError("a decoder call without features needs the cache a prefill wrote")
+        real = jnp.ones(tokens.shape, bool)  # target tokens count as real; the loss masks padding
+        prefix = 0
+        if not self.cross and memory is not None:  # prefix-LM: the modality tokens go first
+            x, real = jnp.concatenate([memory, x], axis=1), jnp.concatenate([memory_mask, real], axis=1)
+            prefix = memory.shape[1]
+        if cache is None:
+            key_mask, write, slots = real, 0, x.shape[1]
+            query_pos = jnp.arange(slots)
+            prefix_len = prefix
+        else:
+            write = cache.prefix + start - prefix  # the prefill writes the prefix at slot 0
+            key_mask = jax.lax.dynamic_update_slice(cache.key_mask, real, (0, write))
+            slots, prefix_len = cache.key_mask.shape[1], cache.prefix
+            query_pos = write + jnp.arange(x.shape[1])
+            if self.cross and memory is None:
+                memory_mask = cache.memory_mask
+        key_pos = jnp.arange(slots)
+        # Query at slot q reads key s if s is real and s is in the prefix or s <= q.
+        allowed = (key_pos[None, :] < prefix_len) | (key_pos[None, :] <= query_pos[:, None])
+        mask = key_mask[:, None, None, :] & allowed[None, None]
+        mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)  # all-padding rows: finite, never read
+        layer_cache = None
+        if cache is not None:
+            layer_cache = {"k": cache.k, "v": cache.v}
+            if self.cross:
+                layer_cache.update(memory_k=cache.memory_k, memory_v=cache.memory_v)
+        x, written = _stack(spec, self.cross, train)(x, layer_cache, mask, write, memory, memory_mask)
+        x = layers.layer_norm(dtype, "ln_final", spec.ln_eps)(x[:, prefix:])
+        logits = layers.dense(self.padded_vocab, ("embed", "vocab"), dtype=jnp.float32, name="logits")(
+            x.astype(jnp.float32))
+        logits = jnp.where(jnp.arange(self.padded_vocab) < self.vocab_size, logits, -jnp.inf)
+        logits = layers.constrain(logits, ("act_batch", "act_length", None))
+        if cache is None:
+            return logits
+        new = cache.replace(k=written["k"], v=written["v"], key_mask=key_mask, length=start + n)
+        if self.cross and memory is not None:
+            new = new.replace(memory_k=written["memory_k"].astype(cache.k.dtype),
+                              memory_v=written["memory_v"].astype(cache.k.dtype), memory_mask=memory_mask)
+        return logits, new
+
+
+DECODERS = {"prefix": Decoder, "cross": Decoder}  # config.decoder.kind -> class (the kind sets `cross`)
