@@ -177,13 +177,13 @@ def decode_fn(model: Any, settings: DecodeSettings) -> Callable[[Any, Mapping[st
         size = jax.tree.leaves(batch)[0].shape[0]
         inputs = {k: v for k, v in batch.items() if k != TARGET_TOKENS}
 
+        def rows_of(x, n):  # the batch's rows for n = B * beams tokens rows (beam-major per example)
+            return x if n == size else jax.tree.map(lambda a: jnp.repeat(a, n // size, axis=0), x)
+
         def run(state):
             tokens, t = state
             logits = model.apply({"params": params}, {**rows_of(inputs, tokens.shape[0]), TARGET_TOKENS: tokens})
             return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
-
-        def rows_of(x, n):  # the batch's rows for n = B * beams tokens rows (beam-major per example)
-            return x if n == size else jax.tree.map(lambda a: jnp.repeat(a, n // size, axis=0), x)
 
         def step(token, state):
             tokens, t = state
