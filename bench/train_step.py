@@ -231,7 +231,11 @@ def main(argv: list[str]) -> int:
             v.run(steps)
         if command and r == (rounds - 1) // 2:  # in the middle, so drift on a shared machine hits both
             print(f"training command: {train_steps} steps ...", flush=True)
+            aside = time.perf_counter(), _machine_busy_seconds()
             command.run()
+            # The command's own process is not "other processes": its time is left out of the count.
+            wall += time.perf_counter() - aside[0]
+            busy += _machine_busy_seconds() - aside[1]
         print(f"round {r + 1}/{rounds} done", flush=True)
     load_end = os.getloadavg()[0]
     wall = time.perf_counter() - wall

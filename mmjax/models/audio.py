@@ -150,7 +150,13 @@ def spec_augment(rng: jax.Array, mel: jax.Array, valid_frames: jax.Array, *, tim
 def spectrogram(encoder: Any, wave: jax.Array, lengths: jax.Array, frames: int, *,
                 train: bool = False) -> jax.Array:
     """log_mel with an encoder's front-end settings (sample_rate, n_mels, window, hop),
-    normalised (encoder.normalize) and, in training, SpecAugmented (encoder.spec_*)."""
+    normalised (encoder.normalize) and, in training, SpecAugmented (encoder.spec_*). Traced
+    under the name 'log_mel', so a profile (bench/step_profile.py) can tell the front end's ops."""
+    with jax.named_scope("log_mel"):
+        return _spectrogram(encoder, wave, lengths, frames, train)
+
+
+def _spectrogram(encoder: Any, wave: jax.Array, lengths: jax.Array, frames: int, train: bool) -> jax.Array:
     mel = log_mel(wave, lengths, sample_rate=encoder.sample_rate, n_mels=encoder.n_mels,
                   window=encoder.window, hop=encoder.hop, frames=frames)
     valid = jnp.arange(frames)[None, :] * encoder.hop < lengths[:, None]
