@@ -83,22 +83,25 @@ def sample_loop(first_logits: jax.Array, state: Any, step: StepFn, settings: Dec
     size, length = first_logits.shape[0], settings.max_length
     rng = jax.random.key(settings.seed)
 
-    def body(carry):
+    def pick(carry):  # the token at position t
         t, logits, state, ids, done = carry
-        token = choose(logits, settings, jax.random.fold_in(rng, t))
-        token = jnp.where(done, pad_id, token)
-        ids = ids.at[:, t].set(token)
-        done = done | (token == eos_id)
-        logits, state = jax.lax.cond(t + 1 < length, lambda: step(token, state), lambda: (logits, state))
-        return t + 1, logits, state, ids, done
+        token = jnp.where(done, pad_id, choose(logits, settings, jax.random.fold_in(rng, t)))
+        return t + 1, logits, state, ids.at[:, t].set(token), done | (token == eos_id)
+
+    def body(carry):  # pick, then run the decoder on the token (no lax.cond: see the module docstring)
+        t, _, state, ids, done = carry = pick(carry)
+        logits, state = step(ids[:, t - 1], state)
+        return t, logits, state, ids, done
 
     def more(carry):
         t, _, _, _, done = carry
-        return (t < length) & ~jnp.all(done)
+        return (t < length - 1) & ~jnp.all(done)
 
     ids = jnp.full((size, length), pad_id, jnp.int32)
     carry = (jnp.zeros((), jnp.int32), first_logits, state, ids, jnp.zeros((size,), bool))
-    return jax.lax.while_loop(more, body, carry)[3]
+    carry = jax.lax.while_loop(more, body, carry)
+    # The last position needs no decoder step; rows that all ended earlier stay pad.
+    return jax.lax.select(carry[0] == length - 1, pick(carry)[3], carry[3])
 
 
 def beam_search(first_logits: jax.Array, state: Any, step: StepFn, settings: DecodeSettings, *,

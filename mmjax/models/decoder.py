@@ -46,9 +46,9 @@ HEADS_ACT = ("act_batch", "act_length", "act_heads", "act_kv")
 
 
 class KVCache(struct.PyTreeNode):
-    """Keys and values of every layer, [L, B, S, N, H]; key_mask [B, S] (which cache slots
-    hold real tokens); length: target tokens written so far (int32 scalar). Cross kind:
-    memory_k / memory_v [L, B, M, N, H] (the modality tokens' projections, written by the
+    """Keys and values of every layer, heads-major [L, B, N, S, H]; key_mask [B, S] (which
+    cache slots hold real tokens); length: target tokens written so far (int32 scalar).
+    Cross kind: memory_k / memory_v [L, B, N, M, H] (the modality tokens' projections, written by the
     prefill) and memory_mask [B, M]. prefix: the slots before the first target (prefix
     kind: the modality tokens; cross kind: 0)."""
 
@@ -76,13 +76,33 @@ def _attend(q, k, v, mask, kind: str):
     return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
+def heads_major(x):
+    """[B, T, N, H] -> [B, N, T, H], the cache's layout."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _attend_cached(q, k, v, mask):
+    """q [B, n, N, H] over a heads-major cache k, v [B, N, S, H] -> [B, n, N, H]."""
+    return jnp.swapaxes(layers.heads_major_attention(heads_major(q), k, v, mask), 1, 2)
+
+
+def _write(cache, name, layer, value, at=0):
+    """cache[name] (all layers, [L, B, N, S, H]) with layer `layer`'s slots from `at` set to
+    value [B, N, n, H], and layer `layer` of the result."""
+    full = jax.lax.dynamic_update_slice(cache[name], value[None].astype(cache[name].dtype), (layer, 0, 0, at, 0))
+    return full, jax.lax.dynamic_index_in_dim(full, layer, keepdims=False)
+
+
 class DecoderBlock(nn.Module):
     """Pre-LN: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + MLP(LN(x)).
 
-    Takes (x, layer cache) and returns (x, (k, v[, memory_k, memory_v])): this layer's keys
-    and values, written into the cache at `write` when a cache is given. Broadcast args:
-    mask [B, 1, n, S] of the self-attention, write (cache slot of x's first token),
-    memory [B, M, D] or None (then memory_k/v come from the cache), memory_mask [B, M].
+    Carries (x, cache): cache None (teacher forcing) or the whole KV cache's arrays
+    {k, v[, memory_k, memory_v]}, all layers [L, B, N, S, H], into which this block (index
+    `layer`) writes its keys and values at slot `write`. The cache travels whole through the
+    stack and is updated in place: slicing each layer's cache out and stacking it back
+    would copy all of it (O(S) per token) at every step. Broadcast args: mask [B, 1, n, S]
+    of the self-attention, write (cache slot of x's first token), memory [B, M, D] or None
+    (then memory_k/v come from the cache), memory_mask [B, M].
     """
 
     spec: TransformerSpec
@@ -90,7 +110,8 @@ class DecoderBlock(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, layer_cache, mask, write, memory, memory_mask):
+    def __call__(self, carry, layer, mask, write, memory, memory_mask):
+        x, cache = carry
         spec, dtype = self.spec, layers.compute_dtype(self.spec.dtype)
         heads, head_dim = spec.heads, spec.width // spec.heads
         drop = nn.Dropout(spec.dropout, deterministic=self.deterministic)
@@ -104,32 +125,42 @@ class DecoderBlock(nn.Module):
         x = layers.constrain(x.astype(dtype), BLC)
         h = layers.layer_norm(dtype, "ln_attn", spec.ln_eps)(x)
         q, k, v = (layers.constrain(proj(n)(h), HEADS_ACT) for n in ("query", "key", "value"))
-        if layer_cache is not None:  # decoding: this step's keys join the cached ones
-            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, write, 0, 0))
-            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, write, 0, 0))
-        written = {"k": k, "v": v}
-        a = _attend(q, k.astype(dtype), v.astype(dtype), mask, spec.attention)
+        if cache is None:  # teacher forcing
+            a = _attend(q, k, v, mask, spec.attention)
+        else:  # decoding: this step's keys join the cached ones, heads-major [B, N, S, H]
+            cache = dict(cache)
+            cache["k"], k = _write(cache, "k", layer, heads_major(k), write)
+            cache["v"], v = _write(cache, "v", layer, heads_major(v), write)
+            a = _attend_cached(q, k.astype(dtype), v.astype(dtype), mask)
         x = x + drop(out("out")(layers.constrain(a, HEADS_ACT)))
         if self.cross:
             h = layers.layer_norm(dtype, "ln_cross", spec.ln_eps)(x)
             cq = layers.constrain(proj("cross_query")(h), HEADS_ACT)
+            cross_mask = layers.attention_mask(memory_mask)
             if memory is not None:
                 mk = layers.constrain(proj("cross_key")(memory), HEADS_ACT)
                 mv = layers.constrain(proj("cross_value")(memory), HEADS_ACT)
+            if cache is None:
+                a = _attend(cq, mk, mv, cross_mask, spec.attention)
             else:
-                mk, mv = layer_cache["memory_k"].astype(dtype), layer_cache["memory_v"].astype(dtype)
-            a = _attend(cq, mk, mv, layers.attention_mask(memory_mask), spec.attention)
+                if memory is not None:  # the prefill writes the memory's keys and values
+                    cache["memory_k"], mk = _write(cache, "memory_k", layer, heads_major(mk))
+                    cache["memory_v"], mv = _write(cache, "memory_v", layer, heads_major(mv))
+                else:
+                    mk = jax.lax.dynamic_index_in_dim(cache["memory_k"], layer, keepdims=False)
+                    mv = jax.lax.dynamic_index_in_dim(cache["memory_v"], layer, keepdims=False)
+                a = _attend_cached(cq, mk.astype(dtype), mv.astype(dtype), cross_mask)
             has_memory = jnp.any(memory_mask, axis=-1)[:, None, None]  # no real token: no update (CrossAttentionBlock)
             x = x + drop(out("cross_out")(layers.constrain(a, HEADS_ACT))) * has_memory.astype(dtype)
-            written.update(memory_k=mk, memory_v=mv)
         h = layers.layer_norm(dtype, "ln_mlp", spec.ln_eps)(x)
         x = x + drop(layers.MLP(spec.mlp, spec.dropout, self.deterministic, dtype, spec.activation, name="mlp")(h))
-        return layers.constrain(x, BLC), written
+        return (layers.constrain(x, BLC), cache), None
 
 
 def _stack(spec: TransformerSpec, cross: bool, train: bool):
-    """`spec.depth` DecoderBlocks: one nn.scan named 'layers' (the layer caches scanned with
-    them) under spec.scan, else a loop of 'layer_<i>'; rematerialised as spec.remat says."""
+    """`spec.depth` DecoderBlocks as fn((x, cache), mask, write, memory, memory_mask) ->
+    (x, cache): one nn.scan named 'layers' under spec.scan, else a loop of 'layer_<i>';
+    rematerialised as spec.remat says."""
     block = DecoderBlock
     if spec.remat != "none":
         block = nn.remat(block, policy=layers.REMAT_POLICY[spec.remat], prevent_cse=not spec.scan)
@@ -138,15 +169,14 @@ def _stack(spec: TransformerSpec, cross: bool, train: bool):
                           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                           length=spec.depth, unroll=spec.depth if spec.unroll else 1,
                           metadata_params={nn.PARTITION_NAME: "layers"})
-        return scanned(spec, cross, deterministic=not train, name="layers")
+        stack = scanned(spec, cross, deterministic=not train, name="layers")
+        return lambda carry, *args: stack(carry, jnp.arange(spec.depth), *args)[0]
     blocks = [block(spec, cross, deterministic=not train, name=f"layer_{i}") for i in range(spec.depth)]
 
-    def loop(x, caches, *args):
-        outs = []
+    def loop(carry, *args):
         for i, b in enumerate(blocks):
-            x, o = b(x, None if caches is None else jax.tree.map(lambda c: c[i], caches), *args)
-            outs.append(o)
-        return x, jax.tree.map(lambda *o: jnp.stack(o), *outs)
+            carry, _ = b(carry, i, *args)
+        return carry
     return loop
 
 
@@ -201,10 +231,10 @@ class Decoder(nn.Module):
         memory = sum(x.shape[1] for _, _, x, _ in ordered(features))
         prefix = 0 if self.cross else memory
         slots = prefix + max_length
-        kv = jnp.zeros((spec.depth, batch, slots, spec.heads, spec.width // spec.heads), dtype)
+        kv = jnp.zeros((spec.depth, batch, spec.heads, slots, spec.width // spec.heads), dtype)
         extra = {}
         if self.cross:
-            mem = jnp.zeros((spec.depth, batch, memory, spec.heads, spec.width // spec.heads), dtype)
+            mem = jnp.zeros((spec.depth, batch, spec.heads, memory, spec.width // spec.heads), dtype)
             extra = dict(memory_k=mem, memory_v=mem, memory_mask=jnp.zeros((batch, memory), bool))
         return KVCache(k=kv, v=kv, key_mask=jnp.zeros((batch, slots), bool), length=jnp.zeros((), jnp.int32),
                        prefix=prefix, **extra)
@@ -261,12 +291,12 @@ class Decoder(nn.Module):
         allowed = (key_pos[None, :] < prefix_len) | (key_pos[None, :] <= query_pos[:, None])
         mask = key_mask[:, None, None, :] & allowed[None, None]
         mask = mask | ~jnp.any(mask, axis=-1, keepdims=True)  # all-padding rows: finite, never read
-        layer_cache = None
+        arrays = None
         if cache is not None:
-            layer_cache = {"k": cache.k, "v": cache.v}
+            arrays = {"k": cache.k, "v": cache.v}
             if self.cross:
-                layer_cache.update(memory_k=cache.memory_k, memory_v=cache.memory_v)
-        x, written = _stack(spec, self.cross, train)(x, layer_cache, mask, write, memory, memory_mask)
+                arrays.update(memory_k=cache.memory_k, memory_v=cache.memory_v)
+        x, arrays = _stack(spec, self.cross, train)((x, arrays), mask, write, memory, memory_mask)
         x = layers.layer_norm(dtype, "ln_final", spec.ln_eps)(x[:, prefix:])
         logits = layers.dense(self.padded_vocab, ("embed", "vocab"), dtype=jnp.float32, name="logits")(
             x.astype(jnp.float32))
@@ -274,10 +304,9 @@ class Decoder(nn.Module):
         logits = layers.constrain(logits, ("act_batch", "act_length", None))
         if cache is None:
             return logits
-        new = cache.replace(k=written["k"], v=written["v"], key_mask=key_mask, length=start + n)
+        new = cache.replace(k=arrays["k"], v=arrays["v"], key_mask=key_mask, length=start + n)
         if self.cross and memory is not None:
-            new = new.replace(memory_k=written["memory_k"].astype(cache.k.dtype),
-                              memory_v=written["memory_v"].astype(cache.k.dtype), memory_mask=memory_mask)
+            new = new.replace(memory_k=arrays["memory_k"], memory_v=arrays["memory_v"], memory_mask=memory_mask)
         return logits, new
 
 

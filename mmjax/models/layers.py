@@ -306,13 +306,19 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
     """softmax(q k^T / sqrt(H)) v with q [B, T, N, H], k and v [B, S, N, H], mask
     [B, 1, T, S] (True = attend); heads moved ahead of positions so both matmuls are
     plain batched matmuls, logits and softmax in float32. Returns [B, T, N, H]."""
-    scale = q.shape[-1] ** -0.5
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # [B, N, T|S, H]
+    return jnp.swapaxes(heads_major_attention(q, k, v, mask), 1, 2)
+
+
+def heads_major_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """einsum_attention on heads-major operands: q [B, N, T, H], k and v [B, N, S, H] ->
+    [B, N, T, H] (a KV cache kept in this layout is read without a transpose)."""
+    scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.swapaxes(jnp.einsum("bnts,bnsh->bnth", probs, v), 1, 2)
+    return jnp.einsum("bnts,bnsh->bnth", probs, v)
 
 
 class MultiHeadAttention(nn.Module):
