@@ -18,9 +18,11 @@ shape is fixed by the settings and the data sizes).
                                result is the beam with the best sum / length**length_penalty.
 
 Every step reads and extends the KV cache (models/decoder.py), so a token costs one
-position of the decoder; cache=False instead re-runs the whole model (encoders and the
-teacher-forced decoder over the tokens so far) for every token: the reference the cached
-path is tested and timed against (bench/decode_speed.py).
+position of the decoder; cache=False instead re-runs the model (the teacher-forced decoder
+over the whole sequence; XLA hoists the encoders, whose inputs do not change, out of the
+loop) for every token: the reference the cached path is tested and timed against
+(bench/decode_speed.py). The loops run the decoder on every token but the last, which is
+picked after them: a lax.cond around the step would make XLA copy the cache every token.
 """
 from __future__ import annotations
 
@@ -88,7 +90,7 @@ def sample_loop(first_logits: jax.Array, state: Any, step: StepFn, settings: Dec
         token = jnp.where(done, pad_id, choose(logits, settings, jax.random.fold_in(rng, t)))
         return t + 1, logits, state, ids.at[:, t].set(token), done | (token == eos_id)
 
-    def body(carry):  # pick, then run the decoder on the token (no lax.cond: see the module docstring)
+    def body(carry):  # pick, then run the decoder on the token
         t, _, state, ids, done = carry = pick(carry)
         logits, state = step(ids[:, t - 1], state)
         return t, logits, state, ids, done
@@ -121,7 +123,7 @@ def beam_search(first_logits: jax.Array, state: Any, step: StepFn, settings: Dec
     lengths = jnp.zeros((size, k), jnp.int32)
     ended = jnp.full((vocab,), NEG_INF, jnp.float32).at[pad_id].set(0.0)  # an ended beam: pad, at no cost
 
-    def body(t, carry):
+    def extend(t, carry):  # the k best beams after position t, and their tokens
         logits, state, scores, ids, done, lengths = carry
         logp = jax.nn.log_softmax(jnp.maximum(logits.astype(jnp.float32), NEG_INF), axis=-1).reshape(size, k, vocab)
         logp = jnp.where(done[..., None], ended, jnp.maximum(logp, NEG_INF))
@@ -134,12 +136,15 @@ def beam_search(first_logits: jax.Array, state: Any, step: StepFn, settings: Dec
         done = was_done | (token == eos_id)
         lengths = pick(lengths) + (~was_done).astype(jnp.int32)
         state = reorder(state, (jnp.arange(size)[:, None] * k + beam).reshape(-1))
-        logits, state = jax.lax.cond(t + 1 < length, lambda: step(token.reshape(-1), state),
-                                     lambda: (jnp.zeros_like(logits), state))
-        return logits, state, scores, ids, done, lengths
+        return (logits, state, scores, ids, done, lengths), token
 
-    _, _, scores, ids, done, lengths = jax.lax.fori_loop(
-        0, length, body, (logits, state, scores, ids, done, lengths))
+    def advance(t, carry):  # extend the beams, then run the decoder on their tokens
+        (logits, state, *rest), token = extend(t, carry)
+        logits, state = step(token.reshape(-1), state)
+        return (logits, state, *rest)
+
+    carry = jax.lax.fori_loop(0, length - 1, advance, (logits, state, scores, ids, done, lengths))
+    _, _, scores, ids, done, lengths = extend(length - 1, carry)[0]  # the last token needs no step
     if settings.length_penalty:
         scores = scores / jnp.maximum(lengths, 1).astype(jnp.float32) ** settings.length_penalty
     best = jnp.argmax(scores, axis=1)
