@@ -1,17 +1,30 @@
-"""Decoding speed with the KV cache against re-running the whole model for every token.
+"""Decoding speed with the KV cache against re-running the model for every token.
 
     python bench/decode_speed.py [--config=configs/generate.py] [--batch_sizes=1,32] [--beam_size=1]
-        [--repeats=15] [--config.key=value ...]
+        [--repeats=5] [--config.key=value ...]
 
 Builds the config's model (random parameters: the speed of a step does not depend on them),
-decodes data.target_length - 1 tokens for a batch of synthetic inputs, both ways, through
-mmjax.decoding.generate (jitted; the compile is timed apart and left out), and prints a
-markdown table per batch size: generated tokens/s of a whole decode (the prefill, i.e. the
-encoders and the prefix, included) and its speed-up; the time of one step after the first
-token, from decodes of 1 and of all the tokens ((t_all - t_1) / (tokens - 1): the call's
-fixed cost and the prefill cancel) and its speed-up; and the positions one uncached step
-runs (prefix + targets + BOS) against the one a cached step runs. Every row decodes the full
-length: a random model rarely emits EOS, and the loop stops early only when every row has.
+decodes data.target_length - 1 tokens (T) for a batch of synthetic inputs three ways, through
+mmjax.decoding.generate (jitted; the compile is left out), each way in turn per
+round (--repeats rounds: a warm-up call, then 5 timed back to back), so the machine's load
+moves them alike; times are medians:
+
+  KV cache           the encoders and the prefix once (the prefill), then one position per token;
+  no cache           the whole model for every token: the encoders, and the decoder over the
+                     prefix and every target slot (decoding.DecodeSettings(cache=False,
+                     reencode=True)), as a generate loop without a cache runs it;
+  no cache, encoders once
+                     the decoder over the prefix and every target slot for every token, the
+                     encoders computed once (cache=False: XLA hoists them out of the loop).
+
+and prints a markdown table per batch size: generated tokens/s of the whole decode, its time,
+the time of one step after the first token (from decodes of 1 and of all T tokens:
+(t_T - t_1) / (T - 1), so the call's fixed cost and the prefill cancel) and the KV cache's
+speed-up over each path. Without a cache a decode runs the model T times; with it, once plus
+T - 1 one-position steps: T is the speed-up the sequence length suggests as a step's cost goes
+to 0, and (T + 1) / 2 the one that counts target positions alone (a causal decoder's
+1 + 2 + ... + T against T). Every row decodes the full length: a random model rarely emits
+EOS, and the loop stops early only when every row has.
 """
 from __future__ import annotations
 
@@ -21,22 +34,28 @@ import os
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(seconds of the first call, the fastest of `repeats` more: on a shared machine the
-    minimum is the least disturbed by other processes)."""
-    start = time.perf_counter()
-    fn().block_until_ready()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(fns: dict, rounds: int, calls: int = 5) -> dict:
+    """{name: median seconds} of the calls fns names. Each round runs every function in turn:
+    one call to warm it after the others ran, then `calls` timed back to back (as an eval loop
+    decodes batch after batch), so a shared machine's load moves every function alike. The
+    result is the median of all timed calls; the first call of all compiles."""
+    for fn in fns.values():
         fn().block_until_ready()
-        times.append(time.perf_counter() - start)
-    return first, min(times)
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn().block_until_ready()
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn().block_until_ready()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None) -> None:
@@ -44,12 +63,11 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "generate.py"))
     parser.add_argument("--batch_sizes", default="1,32")
     parser.add_argument("--beam_size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds")
     args, overrides = parser.parse_known_args(argv)
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from mmjax import config as config_lib
     from mmjax import decoding
@@ -78,25 +96,27 @@ def main(argv=None) -> None:
     features = jax.eval_shape(lambda b: model.apply(variables, b, method=lambda m, b: m._features(b, False)[0]),
                               make_batch(1))
     prefix = 0 if model.decoder.cross else sum(x.shape[1] for x, _ in features.values())
-    print(f"{config.decoder.kind} decoder, {settings.max_length} tokens per row, beam_size {settings.beam_size}, "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s), prefix {prefix} positions")
-    print("| batch | cached tokens/s | uncached tokens/s | speed-up | cached step (ms) | uncached step (ms) | "
-          "step speed-up | positions per step, uncached : cached |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     n = settings.max_length
+    print(f"{config.decoder.kind} decoder, T = {n} tokens per row, beam_size {settings.beam_size}, "
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s), prefix {prefix} positions; "
+          f"the sequence length suggests {n}x (T) and {(n + 1) / 2:.0f}x ((T + 1) / 2)")
+    paths = {"KV cache": dict(cache=True), "no cache": dict(cache=False, reencode=True),
+             "no cache, encoders once": dict(cache=False)}
+    print("| batch | path | tokens/s | ms per decode | ms per step after the first | KV cache's speed-up |")
+    print("|---:|---|---:|---:|---:|---:|")
     for size in (int(s) for s in args.batch_sizes.split(",")):
         batch = make_batch(size)
-        rates, steps = [], []
-        for cache in (True, False):
-            whole = dataclasses.replace(settings, cache=cache)
-            one = dataclasses.replace(whole, max_length=1)
-            _, t_all = timed(lambda: decoding.generate(model, variables, batch, whole), args.repeats)
-            _, t_one = timed(lambda: decoding.generate(model, variables, batch, one), args.repeats)
-            rates.append(size * n / t_all)
-            steps.append(max(t_all - t_one, 1e-9) / max(n - 1, 1))
-        print(f"| {size} | {rates[0]:,.0f} | {rates[1]:,.0f} | {rates[0] / rates[1]:.1f}x | {steps[0] * 1e3:.3f} | "
-              f"{steps[1] * 1e3:.3f} | {steps[1] / steps[0]:.0f}x | {prefix + n + 1} : 1 |")
-
+        fns = {}
+        for name, how in paths.items():
+            for tokens in (n, 1):
+                how_many = dataclasses.replace(settings, max_length=tokens, **how)
+                fns[name, tokens] = lambda how_many=how_many: decoding.generate(model, variables, batch, how_many)
+        t = interleaved(fns, args.repeats)
+        cached = t["KV cache", n]
+        for name in paths:
+            step = max(t[name, n] - t[name, 1], 0.0) / max(n - 1, 1)
+            print(f"| {size} | {name} | {size * n / t[name, n]:,.0f} | {t[name, n] * 1e3:.2f} | {step * 1e3:.3f} | "
+                  f"{t[name, n] / cached:.1f}x |")
 
 if __name__ == "__main__":
     main()

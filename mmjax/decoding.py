@@ -18,10 +18,11 @@ shape is fixed by the settings and the data sizes).
                                result is the beam with the best sum / length**length_penalty.
 
 Every step reads and extends the KV cache (models/decoder.py), so a token costs one
-position of the decoder; cache=False instead re-runs the model (the teacher-forced decoder
-over the whole sequence; XLA hoists the encoders, whose inputs do not change, out of the
-loop) for every token: the reference the cached path is tested and timed against
-(bench/decode_speed.py). The loops run the decoder on every token but the last, which is
+position of the decoder; cache=False instead re-runs the model for every token: the
+teacher-forced decoder over the whole sequence (prefix and targets), the encoders computed
+once (XLA hoists them out of the loop: their inputs do not change) or, with reencode=True,
+every token as well, as a generate loop without a cache does. These are the references the
+cached path is tested and timed against (bench/decode_speed.py). The loops run the decoder on every token but the last, which is
 picked after them: a lax.cond around the step would make XLA copy the cache every token.
 """
 from __future__ import annotations
@@ -30,10 +31,12 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.contract import TARGET_TOKENS
+from mmjax.models.decoder import unstack_layers
 
 NEG_INF = -1e30  # scores of impossible beams: finite, so sums stay ordered and never NaN
 
@@ -48,7 +51,8 @@ class DecodeSettings:
     top_k: int = 0
     length_penalty: float = 0.0
     seed: int = 0
-    cache: bool = True  # False: re-run the whole model for every token (the uncached reference)
+    cache: bool = True  # False: re-run the model for every token (the uncached reference)
+    reencode: bool = False  # with cache=False: the encoders too, every token (else XLA computes them once)
 
     @classmethod
     def from_config(cls, config: Any) -> "DecodeSettings":
@@ -160,6 +164,22 @@ def search(first_logits, state, step: StepFn, settings: DecodeSettings, *, eos_i
 
 
 # ---------------------------------------------------------------------------- the model
+def looped_for_decoding(model: Any, params: Mapping[str, Any]) -> tuple[Any, dict]:
+    """(model, params) with the decoder's layers as a loop, the form its KV cache needs.
+
+    A scanned decoder slices each layer's parameters out of the stack inside the stack's
+    loop, so a token loop around it would slice them again every token; unstacking them once
+    here keeps that out of the token loop. Rematerialisation only matters for gradients, so
+    the looped form goes without it."""
+    decoder = model.decoder
+    params = dict(nn.unbox(params))
+    if not decoder.spec.scan:
+        return model, params
+    spec = dataclasses.replace(decoder.spec, scan=False, remat="none")
+    params["decoder"] = unstack_layers(dict(params["decoder"]), spec.depth)
+    return model.clone(decoder=decoder.clone(spec=spec)), params
+
+
 def decode_fn(model: Any, settings: DecodeSettings) -> Callable[[Any, Mapping[str, jax.Array]], jax.Array]:
     """A pure fn(params, batch) -> ids int32 [B, max_length] (batch: the model's input keys;
     target_tokens, if there, are ignored). jit it, or jax.export it with a symbolic batch."""
@@ -172,11 +192,12 @@ def decode_fn(model: Any, settings: DecodeSettings) -> Callable[[Any, Mapping[st
     ids = {"eos_id": decoder.eos_id, "pad_id": decoder.pad_id}
 
     def cached(params, batch):
+        looped, params = looped_for_decoding(model, params)
         variables = {"params": params}
-        first, cache = model.apply(variables, batch, settings.max_length, method=model.prefill)
+        first, cache = looped.apply(variables, batch, settings.max_length, method=looped.prefill)
 
         def step(tokens, cache):
-            return model.apply(variables, tokens, cache, method=model.decode_step)
+            return looped.apply(variables, tokens, cache, method=looped.decode_step)
 
         return search(first, cache, step, settings, reorder=lambda c, rows: c.take(rows), **ids)
 
@@ -190,7 +211,10 @@ def decode_fn(model: Any, settings: DecodeSettings) -> Callable[[Any, Mapping[st
 
         def run(state):
             tokens, t = state
-            logits = model.apply({"params": params}, {**rows_of(inputs, tokens.shape[0]), TARGET_TOKENS: tokens})
+            rows = rows_of(inputs, tokens.shape[0])
+            if settings.reencode:  # tie the inputs to this token's state, so XLA cannot hoist the encoders
+                rows, tokens = jax.lax.optimization_barrier((rows, tokens))
+            logits = model.apply({"params": params}, {**rows, TARGET_TOKENS: tokens})
             return jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
 
         def step(token, state):

@@ -15,12 +15,14 @@ modality embedding; their masks say which are real (an absent modality's are all
   'cross'   a causal stack over the target tokens whose every block also cross-attends to
             the modality tokens (Whisper / CapPa-style).
 
-Decoding. `empty_cache(features, batch, max_length)` allocates the cache; the first call
+Decoding. `empty_cache(features, batch, max_length)` describes the cache; the first call
 with it (features given: the prefill) writes the prefix (prefix kind) or the
 cross-attention keys and values (cross kind) and the given target tokens; every later call
 (features None) appends its tokens. A step reads and writes the cache at `cache.length`, so
 each new token costs O(cache length), not a re-run of the sequence. Teacher forcing and
-decoding share every parameter.
+decoding share every parameter. Decoding runs the layers as a Python loop (spec.scan False),
+each with its own cache arrays: mmjax.decoding unstacks a scanned decoder's parameters once
+(unstack_layers), outside its token loop.
 
 Logits cover `vocab_size` rounded up to VOCAB_MULTIPLE (so 'vocab' divides over 'tensor');
 the padding ids get -inf and are never predicted. Parameters and activations carry the
@@ -46,28 +48,31 @@ HEADS_ACT = ("act_batch", "act_length", "act_heads", "act_kv")
 
 
 class KVCache(struct.PyTreeNode):
-    """Keys and values of every layer, heads-major [L, B, N, S, H]; key_mask [B, S] (which
-    cache slots hold real tokens); length: target tokens written so far (int32 scalar).
-    Cross kind: memory_k / memory_v [L, B, N, M, H] (the modality tokens' projections, written by the
-    prefill) and memory_mask [B, M]. prefix: the slots before the first target (prefix
-    kind: the modality tokens; cross kind: 0)."""
+    """Keys and values, one heads-major array [B, N, S, H] per layer (tuples k, v); key_mask
+    [B, S] (which cache slots hold real tokens); length: target tokens written so far (int32
+    scalar). Cross kind: memory_k / memory_v, per layer [B, N, M, H] (the modality tokens'
+    projections, written by the prefill) and memory_mask [B, M]. prefix: the slots before
+    the first target (prefix kind: the modality tokens; cross kind: 0).
 
-    k: jax.Array
-    v: jax.Array
+    One array per layer, not a stacked [L, ...] one: a layer's attention then reads its own
+    buffer, where slicing a layer out of a stack copies it (O(S) bytes per layer and token)."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     key_mask: jax.Array
     length: jax.Array
-    memory_k: jax.Array | None = None
-    memory_v: jax.Array | None = None
+    memory_k: tuple[jax.Array, ...] | None = None
+    memory_v: tuple[jax.Array, ...] | None = None
     memory_mask: jax.Array | None = None
     prefix: int = struct.field(pytree_node=False, default=0)
 
     def take(self, rows: jax.Array) -> "KVCache":
         """The cache of batch rows `rows` (beam search reorders its beams with it)."""
-        def pick(x, axis):
-            return None if x is None else jnp.take(x, rows, axis=axis)
-        return self.replace(k=pick(self.k, 1), v=pick(self.v, 1), key_mask=pick(self.key_mask, 0),
-                            memory_k=pick(self.memory_k, 1), memory_v=pick(self.memory_v, 1),
-                            memory_mask=pick(self.memory_mask, 0))
+        def pick(x):
+            return None if x is None else jax.tree.map(lambda a: jnp.take(a, rows, axis=0), x)
+        return self.replace(k=pick(self.k), v=pick(self.v), key_mask=pick(self.key_mask),
+                            memory_k=pick(self.memory_k), memory_v=pick(self.memory_v),
+                            memory_mask=pick(self.memory_mask))
 
 
 def _attend(q, k, v, mask, kind: str):
@@ -86,23 +91,26 @@ def _attend_cached(q, k, v, mask):
     return jnp.swapaxes(layers.heads_major_attention(heads_major(q), k, v, mask), 1, 2)
 
 
-def _write(cache, name, layer, value, at=0):
-    """cache[name] (all layers, [L, B, N, S, H]) with layer `layer`'s slots from `at` set to
-    value [B, N, n, H], and layer `layer` of the result."""
-    full = jax.lax.dynamic_update_slice(cache[name], value[None].astype(cache[name].dtype), (layer, 0, 0, at, 0))
-    return full, jax.lax.dynamic_index_in_dim(full, layer, keepdims=False)
+def _write(slots, value, at, fresh: bool):
+    """A layer's cache slots [B, N, S, H] with value [B, N, n, H] written from slot `at`;
+    fresh (the prefill, which writes from slot 0): value padded to S slots, so the cache is
+    written once rather than zeroed and then updated."""
+    value = value.astype(slots.dtype)
+    if fresh:
+        return jnp.pad(value, ((0, 0), (0, 0), (0, slots.shape[2] - value.shape[2]), (0, 0)))
+    # The barrier makes the update one buffer that the attention and the next step both read;
+    # without it XLA:CPU may fuse the update into each reader and copy the cache to do so.
+    return jax.lax.dynamic_update_slice(slots, value, (0, 0, at, 0))
 
 
 class DecoderBlock(nn.Module):
     """Pre-LN: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + MLP(LN(x)).
 
-    Carries (x, cache): cache None (teacher forcing) or the whole KV cache's arrays
-    {k, v[, memory_k, memory_v]}, all layers [L, B, N, S, H], into which this block (index
-    `layer`) writes its keys and values at slot `write`. The cache travels whole through the
-    stack and is updated in place: slicing each layer's cache out and stacking it back
-    would copy all of it (O(S) per token) at every step. Broadcast args: mask [B, 1, n, S]
-    of the self-attention, write (cache slot of x's first token), memory [B, M, D] or None
-    (then memory_k/v come from the cache), memory_mask [B, M].
+    Carries (x, cache): cache None (teacher forcing) or the KV cache's per-layer arrays
+    {k, v[, memory_k, memory_v]: tuples over layers}, of which this block (index `layer`, a
+    Python int: decoding runs the layers as a loop) writes its own at slot `write`, in place.
+    Broadcast args: mask [B, 1, n, S] of the self-attention, write (cache slot of x's first
+    token), memory [B, M, D] or None (then memory_k/v come from the cache), memory_mask [B, M].
     """
 
     spec: TransformerSpec
@@ -128,10 +136,13 @@ class DecoderBlock(nn.Module):
         if cache is None:  # teacher forcing
             a = _attend(q, k, v, mask, spec.attention)
         else:  # decoding: this step's keys join the cached ones, heads-major [B, N, S, H]
+            fresh = memory is not None  # the prefill
             cache = dict(cache)
-            cache["k"], k = _write(cache, "k", layer, heads_major(k), write)
-            cache["v"], v = _write(cache, "v", layer, heads_major(v), write)
-            a = _attend_cached(q, k.astype(dtype), v.astype(dtype), mask)
+            for name, value in (("k", k), ("v", v)):
+                slots = list(cache[name])
+                slots[layer] = _write(slots[layer], heads_major(value), write, fresh)
+                cache[name] = tuple(slots)
+            a = _attend_cached(q, cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype), mask)
         x = x + drop(out("out")(layers.constrain(a, HEADS_ACT)))
         if self.cross:
             h = layers.layer_norm(dtype, "ln_cross", spec.ln_eps)(x)
@@ -144,12 +155,12 @@ class DecoderBlock(nn.Module):
                 a = _attend(cq, mk, mv, cross_mask, spec.attention)
             else:
                 if memory is not None:  # the prefill writes the memory's keys and values
-                    cache["memory_k"], mk = _write(cache, "memory_k", layer, heads_major(mk))
-                    cache["memory_v"], mv = _write(cache, "memory_v", layer, heads_major(mv))
-                else:
-                    mk = jax.lax.dynamic_index_in_dim(cache["memory_k"], layer, keepdims=False)
-                    mv = jax.lax.dynamic_index_in_dim(cache["memory_v"], layer, keepdims=False)
-                a = _attend_cached(cq, mk.astype(dtype), mv.astype(dtype), cross_mask)
+                    for name, value in (("memory_k", mk), ("memory_v", mv)):
+                        slots = list(cache[name])
+                        slots[layer] = heads_major(value).astype(slots[layer].dtype)
+                        cache[name] = tuple(slots)
+                a = _attend_cached(cq, cache["memory_k"][layer].astype(dtype),
+                                   cache["memory_v"][layer].astype(dtype), cross_mask)
             has_memory = jnp.any(memory_mask, axis=-1)[:, None, None]  # no real token: no update (CrossAttentionBlock)
             x = x + drop(out("cross_out")(layers.constrain(a, HEADS_ACT))) * has_memory.astype(dtype)
         h = layers.layer_norm(dtype, "ln_mlp", spec.ln_eps)(x)
@@ -159,7 +170,8 @@ class DecoderBlock(nn.Module):
 
 def _stack(spec: TransformerSpec, cross: bool, train: bool):
     """`spec.depth` DecoderBlocks as fn((x, cache), mask, write, memory, memory_mask) ->
-    (x, cache): one nn.scan named 'layers' under spec.scan, else a loop of 'layer_<i>';
+    (x, cache): one nn.scan named 'layers' under spec.scan, else a loop of 'layer_<i>'
+    (the form decoding runs: unstack_layers maps one's parameters onto the other);
     rematerialised as spec.remat says."""
     block = DecoderBlock
     if spec.remat != "none":
@@ -178,6 +190,14 @@ def _stack(spec: TransformerSpec, cross: bool, train: bool):
             carry, _ = b(carry, i, *args)
         return carry
     return loop
+
+
+def unstack_layers(params: dict, depth: int) -> dict:
+    """A scanned decoder's parameters ('layers', stacked on axis 0) as the loop's 'layer_<i>'."""
+    stacked = params["layers"]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    out.update({f"layer_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(depth)})
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,10 +251,14 @@ class Decoder(nn.Module):
         memory = sum(x.shape[1] for _, _, x, _ in ordered(features))
         prefix = 0 if self.cross else memory
         slots = prefix + max_length
-        kv = jnp.zeros((spec.depth, batch, spec.heads, slots, spec.width // spec.heads), dtype)
+        def per_layer(length):  # the prefill overwrites all of it, so XLA never materialises these zeros
+            return tuple(jnp.zeros((batch, spec.heads, length, spec.width // spec.heads), dtype)
+                         for _ in range(spec.depth))
+
+        kv = per_layer(slots)
         extra = {}
         if self.cross:
-            mem = jnp.zeros((spec.depth, batch, spec.heads, memory, spec.width // spec.heads), dtype)
+            mem = per_layer(memory)
             extra = dict(memory_k=mem, memory_v=mem, memory_mask=jnp.zeros((batch, memory), bool))
         return KVCache(k=kv, v=kv, key_mask=jnp.zeros((batch, slots), bool), length=jnp.zeros((), jnp.int32),
                        prefix=prefix, **extra)
@@ -270,6 +294,9 @@ class Decoder(nn.Module):
             memory, memory_mask = self._memory(features, dtype)
         elif cache is None or (self.cross and cache.memory_mask is None):
             raise ValueError("a decoder call without features needs the cache a prefill wrote")
+        if cache is not None and spec.scan:
+            raise ValueError("decoding with a KV cache runs the decoder's layers as a loop: decode through "
+                             "mmjax.decoding (decoding.looped_for_decoding unstacks a scanned decoder)")
         real = jnp.ones(tokens.shape, bool)  # target tokens count as real; the loss masks padding
         prefix = 0
         if not self.cross and memory is not None:  # prefix-LM: the modality tokens go first

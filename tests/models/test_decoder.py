@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 from mmjax import config as config_lib
-from mmjax import media, objectives, sharding
+from mmjax import decoding, media, objectives, sharding
 from mmjax.config import UserError
 from mmjax.models.multimodal import build_model
 from mmjax.trainer.state import batch_shapes
@@ -61,8 +61,15 @@ def test_cached_steps_match_teacher_forcing(kind, scan):
     forced = model.apply(variables, batch, train=False)
     assert forced.shape == (B, T - 1, model.decoder.padded_vocab)
     assert bool(jnp.all(forced[..., VOCAB.size:] == -jnp.inf))  # padded ids never predicted
+    if scan:  # a cache needs the layers as a loop; decoding unstacks a scanned decoder once
+        with pytest.raises(ValueError, match="decoding with a KV cache runs the decoder's layers as a loop"):
+            model.apply(variables, batch, T - 1, method=model.prefill)
+    model, params = decoding.looped_for_decoding(model, variables["params"])
+    assert not model.decoder.spec.scan and "layers" not in params["decoder"]
+    variables = {"params": params}
     logits, cache = model.apply(variables, batch, T - 1, method=model.prefill)
     np.testing.assert_allclose(logits[:, :VOCAB.size], forced[:, 0, :VOCAB.size], atol=2e-5)
+    assert len(cache.k) == config.decoder.depth and cache.k[0].shape[0] == B  # one array per layer
     for t in range(1, T - 1):
         logits, cache = model.apply(variables, batch["target_tokens"][:, t], cache, method=model.decode_step)
         np.testing.assert_allclose(logits[:, :VOCAB.size], forced[:, t, :VOCAB.size], atol=2e-5)
