@@ -22,8 +22,10 @@ position of the decoder; cache=False instead re-runs the model for every token: 
 teacher-forced decoder over the whole sequence (prefix and targets), the encoders computed
 once (XLA hoists them out of the loop: their inputs do not change) or, with reencode=True,
 every token as well, as a generate loop without a cache does. These are the references the
-cached path is tested and timed against (bench/decode_speed.py). The loops run the decoder on every token but the last, which is
-picked after them: a lax.cond around the step would make XLA copy the cache every token.
+cached path is tested and timed against (bench/decode_speed.py). The loops run the decoder
+on every token but the last, which is picked after them: a lax.cond around the step would
+make XLA copy the cache every token. The cached path runs the decoder's layers as a loop,
+its parameters unstacked once before the token loop (looped_for_decoding).
 """
 from __future__ import annotations
 

@@ -48,14 +48,16 @@ HEADS_ACT = ("act_batch", "act_length", "act_heads", "act_kv")
 
 
 class KVCache(struct.PyTreeNode):
-    """Keys and values, one heads-major array [B, N, S, H] per layer (tuples k, v); key_mask
-    [B, S] (which cache slots hold real tokens); length: target tokens written so far (int32
-    scalar). Cross kind: memory_k / memory_v, per layer [B, N, M, H] (the modality tokens'
-    projections, written by the prefill) and memory_mask [B, M]. prefix: the slots before
-    the first target (prefix kind: the modality tokens; cross kind: 0).
+    """Keys and values, one array [B * N, S, H] per layer (tuples k, v: rows and heads
+    flattened, heads-major); key_mask [B, S] (which cache slots hold real tokens); length:
+    target tokens written so far (int32 scalar). Cross kind: memory_k / memory_v, per layer
+    [B * N, M, H] (the modality tokens' projections, written by the prefill) and memory_mask
+    [B, M]. prefix: the slots before the first target (prefix kind: the modality tokens;
+    cross kind: 0).
 
-    One array per layer, not a stacked [L, ...] one: a layer's attention then reads its own
-    buffer, where slicing a layer out of a stack copies it (O(S) bytes per layer and token)."""
+    The layout lets the attention read the buffer the step wrote, with no copy: one array per
+    layer, since slicing a layer out of an [L, ...] stack copies it, and one batch axis,
+    since at batch 1 XLA drops a size-1 axis before a matmul and copies the cache to do so."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -68,8 +70,13 @@ class KVCache(struct.PyTreeNode):
 
     def take(self, rows: jax.Array) -> "KVCache":
         """The cache of batch rows `rows` (beam search reorders its beams with it)."""
+        size = self.key_mask.shape[0]
+
+        def rows_of(a):  # [B * N, ...] or [B, ...] -> the rows' [len(rows) * N, ...] or [len(rows), ...]
+            return jnp.take(a.reshape(size, -1, *a.shape[1:]), rows, axis=0).reshape(-1, *a.shape[1:])
+
         def pick(x):
-            return None if x is None else jax.tree.map(lambda a: jnp.take(a, rows, axis=0), x)
+            return None if x is None else jax.tree.map(rows_of, x)
         return self.replace(k=pick(self.k), v=pick(self.v), key_mask=pick(self.key_mask),
                             memory_k=pick(self.memory_k), memory_v=pick(self.memory_v),
                             memory_mask=pick(self.memory_mask))
@@ -82,25 +89,27 @@ def _attend(q, k, v, mask, kind: str):
 
 
 def heads_major(x):
-    """[B, T, N, H] -> [B, N, T, H], the cache's layout."""
-    return jnp.swapaxes(x, 1, 2)
+    """[B, T, N, H] -> [B * N, T, H], the cache's layout."""
+    size, length, heads, dim = x.shape
+    return jnp.swapaxes(x, 1, 2).reshape(size * heads, length, dim)
 
 
 def _attend_cached(q, k, v, mask):
-    """q [B, n, N, H] over a heads-major cache k, v [B, N, S, H] -> [B, n, N, H]."""
-    return jnp.swapaxes(layers.heads_major_attention(heads_major(q), k, v, mask), 1, 2)
+    """q [B, n, N, H] over a cache k, v [B * N, S, H] with mask [B, 1, n, S] -> [B, n, N, H]."""
+    size, n, heads, dim = q.shape
+    mask = jnp.broadcast_to(mask, (size, heads, n, mask.shape[-1])).reshape(size * heads, n, -1)
+    out = layers.heads_major_attention(heads_major(q), k, v, mask)
+    return jnp.swapaxes(out.reshape(size, heads, n, dim), 1, 2)
 
 
 def _write(slots, value, at, fresh: bool):
-    """A layer's cache slots [B, N, S, H] with value [B, N, n, H] written from slot `at`;
+    """A layer's cache slots [B * N, S, H] with value [B * N, n, H] written from slot `at`;
     fresh (the prefill, which writes from slot 0): value padded to S slots, so the cache is
     written once rather than zeroed and then updated."""
     value = value.astype(slots.dtype)
     if fresh:
-        return jnp.pad(value, ((0, 0), (0, 0), (0, slots.shape[2] - value.shape[2]), (0, 0)))
-    # The barrier makes the update one buffer that the attention and the next step both read;
-    # without it XLA:CPU may fuse the update into each reader and copy the cache to do so.
-    return jax.lax.dynamic_update_slice(slots, value, (0, 0, at, 0))
+        return jnp.pad(value, ((0, 0), (0, slots.shape[1] - value.shape[1]), (0, 0)))
+    return jax.lax.dynamic_update_slice(slots, value, (0, at, 0))
 
 
 class DecoderBlock(nn.Module):
@@ -135,7 +144,7 @@ class DecoderBlock(nn.Module):
         q, k, v = (layers.constrain(proj(n)(h), HEADS_ACT) for n in ("query", "key", "value"))
         if cache is None:  # teacher forcing
             a = _attend(q, k, v, mask, spec.attention)
-        else:  # decoding: this step's keys join the cached ones, heads-major [B, N, S, H]
+        else:  # decoding: this step's keys join the cached ones, [B * N, S, H]
             fresh = memory is not None  # the prefill
             cache = dict(cache)
             for name, value in (("k", k), ("v", v)):
@@ -252,7 +261,7 @@ class Decoder(nn.Module):
         prefix = 0 if self.cross else memory
         slots = prefix + max_length
         def per_layer(length):  # the prefill overwrites all of it, so XLA never materialises these zeros
-            return tuple(jnp.zeros((batch, spec.heads, length, spec.width // spec.heads), dtype)
+            return tuple(jnp.zeros((batch * spec.heads, length, spec.width // spec.heads), dtype)
                          for _ in range(spec.depth))
 
         kv = per_layer(slots)

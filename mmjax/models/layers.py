@@ -311,14 +311,15 @@ def einsum_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
 
 
 def heads_major_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    """einsum_attention on heads-major operands: q [B, N, T, H], k and v [B, N, S, H] ->
-    [B, N, T, H] (a KV cache kept in this layout is read without a transpose)."""
+    """einsum_attention on heads-major operands: q [..., T, H], k and v [..., S, H] ->
+    [..., T, H] with any leading axes ([B, N] here; a KV cache's [B * N]), so a cache kept
+    in this layout is read without a transpose; mask broadcasts to [..., T, S]."""
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("...th,...sh->...ts", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnts,bnsh->bnth", probs, v)
+    return jnp.einsum("...ts,...sh->...th", probs, v)
 
 
 class MultiHeadAttention(nn.Module):

@@ -69,7 +69,8 @@ def test_cached_steps_match_teacher_forcing(kind, scan):
     variables = {"params": params}
     logits, cache = model.apply(variables, batch, T - 1, method=model.prefill)
     np.testing.assert_allclose(logits[:, :VOCAB.size], forced[:, 0, :VOCAB.size], atol=2e-5)
-    assert len(cache.k) == config.decoder.depth and cache.k[0].shape[0] == B  # one array per layer
+    assert len(cache.k) == config.decoder.depth  # one array per layer, rows and heads flattened
+    assert cache.k[0].shape[0] == B * config.decoder.heads
     for t in range(1, T - 1):
         logits, cache = model.apply(variables, batch["target_tokens"][:, t], cache, method=model.decode_step)
         np.testing.assert_allclose(logits[:, :VOCAB.size], forced[:, t, :VOCAB.size], atol=2e-5)
