@@ -113,6 +113,9 @@ def test_cached_decoding_equals_uncached(trained_like, beam_size):
     uncached = decoding.generate(model, variables, batch, dataclasses.replace(settings, cache=False))
     assert cached.shape == (B, T - 1) and cached.dtype == jnp.int32
     np.testing.assert_array_equal(cached, uncached)
+    if beam_size == 1:  # the reference that re-runs the encoders every token too
+        reencoded = dataclasses.replace(settings, cache=False, reencode=True)
+        np.testing.assert_array_equal(cached, decoding.generate(model, variables, batch, reencoded))
     vocab = media.target_vocab()
     rows = np.asarray(cached)
     for row in rows:  # pad after an EOS; no special id inside
