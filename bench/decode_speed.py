@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     import jax.numpy as jnp
 
     from mmjax import config as config_lib
-    from mmjax import decoding
+    from mmjax import decoding, hardware
     from mmjax.config.cli import split_config_args
     from mmjax.models.multimodal import build_model
     from mmjax.trainer.state import batch_shapes
@@ -97,6 +97,7 @@ def main(argv=None) -> None:
                               make_batch(1))
     prefix = 0 if model.decoder.cross else sum(x.shape[1] for x, _ in features.values())
     n = settings.max_length
+    print(f"CPU: {hardware.cpu_summary()}; jax {jax.__version__}")
     print(f"{config.decoder.kind} decoder, T = {n} tokens per row, beam_size {settings.beam_size}, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s), prefix {prefix} positions; "
           f"the sequence length suggests {n}x (T) and {(n + 1) / 2:.0f}x ((T + 1) / 2)")
