@@ -119,5 +119,6 @@ def main(argv=None) -> None:
             print(f"| {size} | {name} | {size * n / t[name, n]:,.0f} | {t[name, n] * 1e3:.2f} | {step * 1e3:.3f} | "
                   f"{t[name, n] / cached:.1f}x |")
 
+
 if __name__ == "__main__":
     main()

@@ -155,3 +155,13 @@ def test_xla_flags_bench_times_each_set_in_its_own_process_and_names_a_rejected_
                     "--sets=default;--xla_no_such_flag=1")
     assert "| `default` |" in out and "| 1.00x |" in out
     assert "| `--xla_no_such_flag=1` | - | - | rejected: " in out and "Unknown flag in XLA_FLAGS" in out
+
+
+def test_decode_speed_bench_times_the_three_ways():
+    out = run_bench("decode_speed.py", "--batch_sizes=2", "--repeats=1", "--config.data.target_length=4",
+                    "--config.decoder.depth=1", "--config.model.image.depth=1", "--config.model.text.depth=1",
+                    "--config.model.audio.depth=1")
+    assert "CPU: " in out and "T = 3 tokens per row" in out and "3x (T) and 2x ((T + 1) / 2)" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 2 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["KV cache", "no cache", "no cache, encoders once"]
+    assert rows[0].rstrip().endswith("| 1.0x |")
