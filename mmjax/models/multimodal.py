@@ -14,7 +14,9 @@ The head's outputs are class logits, per-class logits (multi-label) or regressio
 
 With config.loss.task='generate' the fusion core and head give way to a text decoder
 (models/decoder.py) over the encoders' tokens: the outputs are teacher-forced logits
-[B, T - 1, V] of batch['target_tokens'][:, 1:] given [:, :-1], and two more methods decode:
+[B, T - 1, V] of batch['target_tokens'][:, 1:] given [:, :-1], and two more methods decode
+(on the decoder's looped form, which a scanned decoder's parameters are unstacked into once:
+`model, params = decoding.looped_for_decoding(model, params)`; mmjax.decoding does this):
 
     logits, cache = model.apply(variables, batch, max_length, method=model.prefill)
     logits, cache = model.apply(variables, tokens, cache, method=model.decode_step)
