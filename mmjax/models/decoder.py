@@ -112,6 +112,11 @@ def _write(slots, value, at, fresh: bool):
     return jax.lax.dynamic_update_slice(slots, value, (0, at, 0))
 
 
+def _replace_layer(arrays: tuple, layer: int, value) -> tuple:
+    """The per-layer tuple `arrays` with layer `layer`'s array replaced by `value`."""
+    return arrays[:layer] + (value,) + arrays[layer + 1:]
+
+
 class DecoderBlock(nn.Module):
     """Pre-LN: x + SelfAttn(LN(x)) [+ CrossAttn(LN(x), memory)] + MLP(LN(x)).
 
@@ -148,9 +153,8 @@ class DecoderBlock(nn.Module):
             fresh = memory is not None  # the prefill
             cache = dict(cache)
             for name, value in (("k", k), ("v", v)):
-                slots = list(cache[name])
-                slots[layer] = _write(slots[layer], heads_major(value), write, fresh)
-                cache[name] = tuple(slots)
+                written = _write(cache[name][layer], heads_major(value), write, fresh)
+                cache[name] = _replace_layer(cache[name], layer, written)
             a = _attend_cached(q, cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype), mask)
         x = x + drop(out("out")(layers.constrain(a, HEADS_ACT)))
         if self.cross:
@@ -165,9 +169,8 @@ class DecoderBlock(nn.Module):
             else:
                 if memory is not None:  # the prefill writes the memory's keys and values
                     for name, value in (("memory_k", mk), ("memory_v", mv)):
-                        slots = list(cache[name])
-                        slots[layer] = heads_major(value).astype(slots[layer].dtype)
-                        cache[name] = tuple(slots)
+                        written = heads_major(value).astype(cache[name][layer].dtype)
+                        cache[name] = _replace_layer(cache[name], layer, written)
                 a = _attend_cached(cq, cache["memory_k"][layer].astype(dtype),
                                    cache["memory_v"][layer].astype(dtype), cross_mask)
             has_memory = jnp.any(memory_mask, axis=-1)[:, None, None]  # no real token: no update (CrossAttentionBlock)
@@ -260,6 +263,7 @@ class Decoder(nn.Module):
         memory = sum(x.shape[1] for _, _, x, _ in ordered(features))
         prefix = 0 if self.cross else memory
         slots = prefix + max_length
+
         def per_layer(length):  # the prefill overwrites all of it, so XLA never materialises these zeros
             return tuple(jnp.zeros((batch * spec.heads, length, spec.width // spec.heads), dtype)
                          for _ in range(spec.depth))
